@@ -1,0 +1,193 @@
+"""Command line: `dlmi invert | methods | targets | bench | report | diagnose`.
+
+Only this module prints or configures logging. Bad input ends with one line on stderr and
+exit code 2; Ctrl-C keeps what was computed and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from dlmi.errors import UsageError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# Flags shared by `invert` and `bench`, each mapped 1:1 to a config field (None = not given).
+COMMON_FLAGS = {
+    "prompt_length": (int, "prompt length N in tokens"),
+    "steps": (int, "optimisation steps"),
+    "samples": (int, "samples per step (Gumbel-Softmax samples, REINFORCE samples, ...)"),
+    "lr": (float, "learning rate"),
+    "tau0": (float, "initial (or fixed) temperature"),
+    "eval_every": (int, "judge the prompt by greedy decoding every K steps"),
+    "seed": (int, "random seed"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    _quiet_libraries()
+    try:
+        return args.handler(args)
+    except UsageError as exc:
+        print(f"dlmi: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dlmi: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dlmi import invert_cli
+
+    parser = argparse.ArgumentParser(
+        prog="dlmi", description="Find prompts that make a frozen language model say a target.")
+    sub = parser.add_subparsers(dest="command")
+    invert_cli.add_parser(sub)
+    methods = sub.add_parser("methods", help="list the registered inversion methods")
+    methods.set_defaults(handler=cmd_methods)
+    return parser
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m",
+                   help="smollm2-135m (default), tiny-random, tiny-random-gpt2, a .gguf path, "
+                        "a model directory or a Hugging Face id")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+
+
+def add_method_flags(p: argparse.ArgumentParser) -> None:
+    for name, (kind, text) in COMMON_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
+    p.add_argument("--no-teacher-forcing", action="store_true",
+                   help="free-running differentiable rollout instead of teacher forcing")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other option of the method's config, e.g. --set temperature=fixed")
+
+
+def method_overrides(args) -> dict:
+    """The config fields given on the command line (flags and --set KEY=VALUE)."""
+    out = {name: getattr(args, name) for name in COMMON_FLAGS if getattr(args, name) is not None}
+    if args.no_teacher_forcing:
+        out["teacher_forcing"] = False
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return out
+
+
+def parse_value(text: str):
+    """'3' -> 3, '0.1' -> 0.1, 'true' -> True, '[1,2]' -> [1, 2], else the string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def coerce_overrides(config_class, overrides: dict) -> dict:
+    """Check names against the config's fields and cast values to the fields' types."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    out = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise UsageError(f"unknown option {key!r}; options: {', '.join(sorted(fields))}")
+        default = fields[key].default
+        try:
+            if isinstance(default, bool):
+                value = value if isinstance(value, bool) else parse_value(str(value))
+                if not isinstance(value, bool):
+                    raise ValueError
+            elif isinstance(default, int):
+                value = int(value)
+            elif isinstance(default, float):
+                value = float(value)
+            elif isinstance(default, tuple):
+                value = tuple(value) if isinstance(value, list | tuple) else (value,)
+        except (TypeError, ValueError):
+            raise UsageError(f"option {key} expects a {type(default).__name__}, "
+                             f"got {value!r}") from None
+        out[key] = value
+    return out
+
+
+def load_model_from_args(args):
+    from dlmi.models import load_model
+
+    logging.getLogger(__name__).info("loading model %s", args.model)
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def write_json_atomic(path: str | Path, payload) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+    tmp.replace(path)
+
+
+class ProgressBar:
+    """A tqdm bar over optimisation steps showing loss, mean temperature and best LCS."""
+
+    def __init__(self, steps: int, desc: str = "steps", position: int = 0):
+        self.steps, self.desc, self.position = steps, desc, position
+        self.bar = None  # created on the first update, so input errors print no empty bar
+
+    def update(self, progress) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.steps, desc=self.desc, file=sys.stderr,
+                            dynamic_ncols=True, position=self.position, leave=self.position == 0)
+        fields = {"loss": f"{progress.loss:.3f}", "best_lcs": f"{progress.best_lcs:.2f}"}
+        if progress.temperature is not None:
+            fields["tau"] = f"{progress.temperature:.2f}"
+        if progress.total > 1:
+            fields["active"] = f"{progress.active}/{progress.total}"
+        self.bar.set_postfix(fields, refresh=False)
+        self.bar.update(progress.step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_methods(args) -> int:
+    from dlmi.methods.registry import get_method, method_names
+
+    width = max(map(len, method_names()))
+    for name in method_names():
+        print(f"{name:<{width}}  {get_method(name).description}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", module="transformers")
+    for name in ("transformers", "accelerate", "gguf"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The contract every inverter fulfils, and the options all of them share.
+
+A method owns a batched optimisation state for B targets and knows three things: how to start
+(`init_state`), how to take one step (`step`), and which hard prompt it currently believes in
+(`current_prompts`). Evaluation, best-so-far bookkeeping, early stop, budgets, interrupts and
+results are the runner's job (`dlmi.runner`), identical for every method, so comparisons are fair.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from dlmi.dlm import DifferentiableLM
+from dlmi.errors import UsageError
+
+
+@dataclass
+class MethodConfig:
+    prompt_length: int = 20  # N; the paper evaluates N in {10, 80} (Section 4, Table 5)
+    steps: int = 256  # optimisation steps; Table 5 "epochs" in {256, 2048}
+    eval_every: int = 8  # discretise + greedy-decode every K steps (anytime evaluation)
+    early_stop: bool = True  # a target leaves the batch once greedy decoding matches it exactly
+    budgets: tuple[int, ...] = ()  # steps at which the best LCS so far is recorded
+    seed: int = 0
+
+    def __post_init__(self):
+        self.budgets = tuple(int(b) for b in self.budgets)
+        _at_least(self, "prompt_length", 1)
+        _at_least(self, "steps", 1)
+        _at_least(self, "eval_every", 1)
+        for b in self.budgets:
+            if not 1 <= b <= self.steps:
+                raise UsageError(f"budget {b} is outside 1..steps ({self.steps}): "
+                                 "raise --steps or drop that budget")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _at_least(cfg, name: str, low: float) -> None:
+    value = getattr(cfg, name)
+    if value < low:
+        flag = "--" + name.replace("_", "-")
+        raise UsageError(f"{name} must be >= {low}, got {value}: change {flag}")
+
+
+@dataclass
+class Batch:
+    """B targets optimised together. Targets are right-padded to the longest; `mask` marks the
+    positions that count (inside the row's length, up to its first EoS)."""
+
+    target_ids: torch.Tensor  # (B, M) long
+    mask: torch.Tensor  # (B, M) bool
+    generators: list[torch.Generator]  # one per row, so row b's randomness is its own
+
+    @property
+    def size(self) -> int:
+        return self.target_ids.shape[0]
+
+    def select(self, index: torch.Tensor) -> Batch:
+        idx = index.tolist()
+        return Batch(self.target_ids[index], self.mask[index], [self.generators[i] for i in idx])
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # (B,) the method's objective this step (lower is better)
+    temperature: torch.Tensor | None = None  # (B,) mean effective temperature, if any
+    candidates: torch.Tensor | None = None  # (B, K, N) extra hard prompts worth checking
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(abc.ABC):
+    """Subclass, set `name`, `description` and `config_class`, and register with @register."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig, dlm: DifferentiableLM):
+        self.config = config
+        self.dlm = dlm
+
+    @abc.abstractmethod
+    def init_state(self, batch: Batch) -> Any:
+        """Fresh optimisation state for the batch (initialise from each row's generator)."""
+
+    @abc.abstractmethod
+    def step(self, state: Any, batch: Batch, step: int) -> StepOutput:
+        """One optimisation step (1-based `step`); updates `state` in place."""
+
+    @abc.abstractmethod
+    def current_prompts(self, state: Any) -> torch.Tensor:
+        """The hard prompt each row currently proposes: (B, N) long."""
+
+    @abc.abstractmethod
+    def keep(self, state: Any, index: torch.Tensor) -> Any:
+        """State restricted to the rows in `index` (1-D long), moments and all."""
+
+
+def row_generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
+    gens = []
+    for s in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(s))
+        gens.append(g)
+    return gens
+
+
+def per_row(generators: list[torch.Generator], fn) -> torch.Tensor:
+    """Stack fn(generator) over rows: row b's random numbers come from row b's generator only,
+    so a target's run is the same alone or in a batch."""
+    return torch.stack([fn(g) for g in generators])

@@ -1,0 +1,126 @@
+"""DLMI (Algorithm 1): Gumbel-Softmax prompt logits with decoupled learnable temperatures,
+teacher forcing through the Differentiable LM, Adam on the logits Z and temperatures Phi."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dlmi.dlm import masked_cross_entropy
+from dlmi.errors import UsageError
+from dlmi.estimators import TEMPERATURE_MODES, effective_temperature, gumbel_noise, gumbel_softmax
+from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, _at_least, per_row
+from dlmi.methods.registry import register
+from dlmi.optim import BatchedAdam
+
+
+@dataclass
+class DLMIConfig(MethodConfig):
+    samples: int = 8  # Gumbel-Softmax samples per step (Table 5 num_samples)
+    lr: float = 0.1  # Adam learning rate for Z and Phi (Table 5)
+    tau0: float = 100.0  # initial / fixed temperature (Table 5, DLMI(tau0=100))
+    tau_eps: float = 0.01  # epsilon in tau = eps + tau0 (1 + tanh phi); the paper leaves it open
+    temperature: str = "decoupled"  # one learnable tau per position (Section 3.3)
+    teacher_forcing: bool = True  # Algorithm 1 line 10; False is the DLMI-TF ablation
+    output_tau: float = 1.0  # GS temperature of fed-back outputs without teacher forcing
+    straight_through: bool = False  # hard one-hot forward, relaxed backward (Appendix A)
+    init_std: float = 1.0  # Z, Phi ~ N(0, 1) (Algorithm 1 lines 1-2)
+    discretize: str = "argmax"  # or "nearest": token nearest to softmax(Z) @ W_E
+    check_samples: bool = True  # also judge the step's hard samples at evaluation points
+
+    def __post_init__(self):
+        super().__post_init__()
+        _at_least(self, "samples", 1)
+        if not self.lr > 0:
+            raise UsageError(f"lr must be > 0, got {self.lr}: change --lr")
+        if not self.tau0 > 0:
+            raise UsageError(f"tau0 must be > 0, got {self.tau0}: change --tau0")
+        if not self.tau_eps > 0:
+            raise UsageError(f"tau_eps must be > 0, got {self.tau_eps}")
+        if self.temperature not in TEMPERATURE_MODES:
+            raise UsageError(f"temperature must be one of {', '.join(TEMPERATURE_MODES)}, "
+                             f"got {self.temperature!r}")
+        if self.discretize not in ("argmax", "nearest"):
+            raise UsageError(f"discretize must be argmax or nearest, got {self.discretize!r}")
+
+
+@dataclass
+class DLMIState:
+    Z: torch.Tensor  # (B, N, V) learnable prompt logits
+    phi: torch.Tensor | None  # (B, N) decoupled, (B, 1) shared, None when tau is fixed
+    optimizer: BatchedAdam
+
+
+@register
+class DLMI(Method):
+    name = "dlmi"
+    description = "DLMI: Gumbel-Softmax prompt, decoupled learnable temperatures, teacher forcing"
+    config_class = DLMIConfig
+
+    def init_state(self, batch: Batch) -> DLMIState:
+        cfg, V, dev = self.config, self.dlm.vocab_size, self.dlm.device
+        N = cfg.prompt_length
+        Z = per_row(batch.generators, lambda g: torch.randn(N, V, generator=g, device=dev))
+        Z = (Z * cfg.init_std).requires_grad_(True)
+        params = [Z]
+        phi = None
+        if cfg.temperature != "fixed":
+            width = N if cfg.temperature == "decoupled" else 1
+            phi = per_row(batch.generators, lambda g: torch.randn(width, generator=g, device=dev))
+            phi = (phi * cfg.init_std).requires_grad_(True)
+            params.append(phi)
+        return DLMIState(Z, phi, BatchedAdam(params, lr=cfg.lr))
+
+    def temperature(self, state: DLMIState) -> torch.Tensor:
+        """(B, N) effective temperature of each prompt position."""
+        B, N, _ = state.Z.shape
+        if state.phi is None:
+            return torch.full((B, N), self.config.tau0, device=state.Z.device)
+        tau = effective_temperature(state.phi, self.config.tau0, self.config.tau_eps)
+        return tau.expand(B, N)
+
+    def step(self, state: DLMIState, batch: Batch, step: int) -> StepOutput:
+        cfg = self.config
+        Z = state.Z
+        B, N, V = Z.shape
+        S = cfg.samples
+        noise = per_row(batch.generators,
+                        lambda g: gumbel_noise((S, N, V), g, Z.device, Z.dtype))  # (B, S, N, V)
+        tau = self.temperature(state)  # (B, N)
+        p = gumbel_softmax(Z[:, None], tau[:, None, :, None], noise, hard=cfg.straight_through)
+        prompt = self.dlm.soft_embed(p.reshape(B * S, N, V))  # (B*S, N, d)
+        targets = batch.target_ids.repeat_interleave(S, dim=0)  # (B*S, M)
+        mask = batch.mask.repeat_interleave(S, dim=0)
+        if cfg.teacher_forcing:
+            logits = self.dlm.teacher_forced_logits(prompt, targets, soft_positions=N)
+        else:
+            gens = [g for g in batch.generators for _ in range(S)]  # row b's samples use row b's
+            logits = self.dlm.free_running_logits(
+                prompt, targets.shape[1], gens, tau=cfg.output_tau, hard=cfg.straight_through,
+                soft_positions=N)
+        loss = masked_cross_entropy(logits, targets, mask).view(B, S).mean(1)  # (B,)
+        state.optimizer.zero_grad()
+        # Sum over rows: each row's gradient is its own (rows share no parameters).
+        loss.sum().backward()
+        state.optimizer.step()
+        with torch.no_grad():
+            samples = (Z.detach()[:, None] + noise).argmax(-1)  # (B, S, N) the hard GS samples
+        return StepOutput(
+            loss=loss.detach(),
+            temperature=tau.detach().mean(1),
+            candidates=samples if cfg.check_samples else None,
+        )
+
+    @torch.no_grad()
+    def current_prompts(self, state: DLMIState) -> torch.Tensor:
+        Z = state.Z.detach()
+        if self.config.discretize == "argmax":
+            return Z.argmax(-1)
+        E = self.dlm.W_E  # (V, d)
+        soft = self.dlm.soft_embed(torch.softmax(Z, -1))  # (B, N, d)
+        return torch.cdist(soft, E[None].expand(Z.shape[0], -1, -1)).argmin(-1)
+
+    def keep(self, state: DLMIState, index: torch.Tensor) -> DLMIState:
+        params = state.optimizer.keep(index)
+        return DLMIState(params[0], params[1] if len(params) > 1 else None, state.optimizer)

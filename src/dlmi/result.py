@@ -1,0 +1,62 @@
+"""InversionResult: what one inversion found, how well, at what cost, and where it came from."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+def visible(text: str) -> str:
+    """Show whitespace: space as '·', newline as '↵', tab as '→' (plus the real newline gone)."""
+    return text.replace(" ", "·").replace("\n", "↵").replace("\t", "→")
+
+
+@dataclass
+class InversionResult:
+    method: str
+    model: str
+    prompt_ids: list[int]
+    prompt_text: str
+    output_ids: list[int]  # greedy decoding of prompt_ids, the only judge of success
+    output_text: str
+    target_ids: list[int]
+    target_text: str
+    lcs_ratio: float  # best LCS ratio of the greedy output over the run (anytime)
+    exact_match: bool
+    roundtrip_ok: bool  # prompt_text re-tokenises to prompt_ids
+    steps: int  # optimisation steps taken
+    seconds: float  # wall time until this target was done
+    seed: int
+    prefix_ids: list[int] = field(default_factory=list)
+    solved_at_step: int | None = None
+    interrupted: bool = False
+    lcs_at_budget: dict[str, float] = field(default_factory=dict)  # step budget -> best LCS
+    history: list[dict] = field(default_factory=list)  # per evaluation point
+    compute: dict = field(default_factory=dict)  # ComputeCounter of this target's share
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+
+    @classmethod
+    def from_dict(cls, row: dict) -> InversionResult:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+    def __str__(self) -> str:
+        status = "exact match" if self.exact_match else "no exact match"
+        if self.interrupted:
+            status += ", interrupted"
+        return "\n".join([
+            f"method   {self.method} on {self.model}, seed {self.seed}",
+            f"target   {visible(self.target_text)}",
+            f"prompt   {visible(self.prompt_text)}"
+            + ("" if self.roundtrip_ok else "   (text does not re-tokenise to the same ids)"),
+            f"output   {visible(self.output_text)}",
+            f"LCS      {self.lcs_ratio:.3f} ({status}) after {self.steps} steps, "
+            f"{self.seconds:.1f} s",
+        ])

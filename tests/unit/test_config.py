@@ -1,0 +1,31 @@
+import pytest
+
+from dlmi import DLMIConfig
+from dlmi.errors import UsageError
+from dlmi.runner import make_config
+
+
+def test_defaults_follow_table_5():
+    cfg = DLMIConfig()
+    assert (cfg.samples, cfg.lr, cfg.tau0, cfg.temperature, cfg.teacher_forcing) == (
+        8, 0.1, 100.0, "decoupled", True)
+    assert (cfg.prompt_length, cfg.steps, cfg.eval_every, cfg.init_std) == (20, 256, 8, 1.0)
+
+
+@pytest.mark.parametrize("field,value,text", [
+    ("prompt_length", 0, "--prompt-length"),
+    ("steps", 0, "--steps"),
+    ("samples", 0, "--samples"),
+    ("lr", 0.0, "--lr"),
+    ("tau0", -1.0, "--tau0"),
+    ("temperature", "warm", "decoupled"),
+    ("budgets", (300,), "--steps"),
+])
+def test_bad_values_say_what_to_change(field, value, text):
+    with pytest.raises(UsageError, match=text.replace("-", r"\-")):
+        DLMIConfig(**{field: value})
+
+
+def test_unknown_option_is_rejected_with_the_method_name():
+    with pytest.raises(UsageError, match="random"):
+        make_config("random", tau0=3.0)
