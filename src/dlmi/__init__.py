@@ -11,11 +11,26 @@ Methods: `dlmi.method_names()`; pass `method="gcg"` etc. to invert/invert_batch.
 
 from __future__ import annotations
 
-from dlmi.methods.dlmi_method import DLMIConfig
-from dlmi.methods.registry import get_method, method_names
-from dlmi.models import LoadedModel, load_model
-from dlmi.result import InversionResult
-from dlmi.runner import Progress, run_inversion
+import importlib
+
+# Re-exports resolve lazily so that `dlmi report` and other torch-free paths stay torch-free.
+_EXPORTS = {
+    "DLMIConfig": "dlmi.methods.dlmi_method",
+    "get_method": "dlmi.methods.registry",
+    "method_names": "dlmi.methods.registry",
+    "LoadedModel": "dlmi.models",
+    "load_model": "dlmi.models",
+    "InversionResult": "dlmi.result",
+    "Progress": "dlmi.runner",
+    "run_inversion": "dlmi.runner",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dlmi' has no attribute {name!r}")
+
 
 __all__ = [
     "DLMIConfig", "InversionResult", "LoadedModel", "Progress", "get_method", "invert",
@@ -23,12 +38,15 @@ __all__ = [
 ]
 
 
-def invert(lm: LoadedModel, target, config=None, method: str = "dlmi", **options) -> InversionResult:
-    """Invert one target (text or token ids). Options override config fields."""
+def invert(lm, target, config=None, method: str = "dlmi", **options):
+    """Invert one target (text or token ids) -> InversionResult. Options override config."""
+    from dlmi.runner import run_inversion
+
     return run_inversion(lm, [target], method=method, config=config, **options)[0]
 
 
-def invert_batch(lm: LoadedModel, targets, config=None, method: str = "dlmi",
-                 **options) -> list[InversionResult]:
+def invert_batch(lm, targets, config=None, method: str = "dlmi", **options):
     """Invert several targets in one batched optimisation; one result per target, in order."""
+    from dlmi.runner import run_inversion
+
     return run_inversion(lm, list(targets), method=method, config=config, **options)

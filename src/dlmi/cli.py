@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dlmi import invert_cli
+    from dlmi import bench_cli, invert_cli
 
     parser = argparse.ArgumentParser(
         prog="dlmi", description="Find prompts that make a frozen language model say a target.")
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     invert_cli.add_parser(sub)
     methods = sub.add_parser("methods", help="list the registered inversion methods")
     methods.set_defaults(handler=cmd_methods)
+    bench_cli.add_parsers(sub)
     return parser
 
 

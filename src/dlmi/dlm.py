@@ -148,7 +148,8 @@ class DifferentiableLM:
         return torch.stack(tokens, dim=1)
 
     @torch.no_grad()
-    def teacher_forced_hits(self, prompt_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+    def teacher_forced_hits(self, prompt_ids: torch.Tensor,
+                            target_ids: torch.Tensor) -> torch.Tensor:
         """One pass: does the argmax at each target position equal the target token?
 
         prompt_ids: (B, N); target_ids: (B, M) -> bool (B, M). Greedy decoding reproduces the

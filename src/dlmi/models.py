@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,7 @@ class LoadedModel:
     @property
     def max_length(self) -> int:
         cfg = self.model.config
-        return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions"))
+        return int(getattr(cfg, "max_position_embeddings", None) or cfg.n_positions)
 
     @property
     def bos_token_id(self) -> int | None:

@@ -46,5 +46,5 @@ def provenance(device=None) -> dict:
         **_static(),
         "device": dev,
         "device_name": name or platform.machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

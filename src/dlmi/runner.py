@@ -64,7 +64,8 @@ def target_ids_of(lm: LoadedModel, target: Target) -> list[int]:
         raise UsageError("target is empty: give at least one token of text")
     bad = [t for t in ids if not 0 <= t < lm.vocab_size]
     if bad:
-        raise UsageError(f"target token id {bad[0]} is outside the vocabulary (0..{lm.vocab_size - 1})")
+        raise UsageError(f"target token id {bad[0]} is outside the vocabulary "
+                         f"(0..{lm.vocab_size - 1})")
     return ids
 
 
@@ -76,12 +77,16 @@ def run_inversion(
     seeds: Sequence[int] | None = None,
     prefix_ids: Sequence[int] | None = None,
     callback: Callable[[Progress], None] | None = None,
+    on_result: Callable[[int, InversionResult], None] | None = None,
     **overrides,
 ) -> list[InversionResult]:
     """Invert B targets as one batch; returns one InversionResult per target, in order.
 
     seeds: one per target (default: config.seed for all); the same (target, seed) gives the same
     result alone or inside a batch.
+    callback: called after every step with a Progress.
+    on_result: called with (target index, result) as soon as a target is done, so callers can
+    save it before the rest of the batch finishes.
     """
     cfg = make_config(method, config, **overrides)
     if not targets:
@@ -97,13 +102,14 @@ def run_inversion(
     if len(seeds) != len(ids):
         raise UsageError(f"got {len(seeds)} seeds for {len(ids)} targets")
     return _Run(lm, get_method(method)(cfg, DifferentiableLM(lm, prefix)), ids, seeds,
-                callback).run()
+                callback, on_result).run()
 
 
 class _Run:
-    def __init__(self, lm, method, ids, seeds, callback):
+    def __init__(self, lm, method, ids, seeds, callback, on_result):
         self.lm, self.method, self.dlm, self.cfg = lm, method, method.dlm, method.config
-        self.ids, self.seeds, self.callback = ids, seeds, callback
+        self.ids, self.seeds, self.callback, self.on_result = ids, seeds, callback, on_result
+        self.results: dict[int, InversionResult] = {}
         dev = self.dlm.device
         B, M = len(ids), max(map(len, ids))
         pad = lm.eos_token_id if lm.eos_token_id is not None else 0
@@ -161,15 +167,19 @@ class _Run:
             # Interrupted before the first evaluation: judge the current prompts once.
             self._evaluate(state, None, max(self.steps_done))
         for b in self.active:
-            self.finished_s[b] = time.perf_counter() - self.t0
-        # Rows solved earlier carry their budgets forward: the anytime best cannot drop.
-        for b in range(len(self.ids)):
-            for budget in cfg.budgets:
-                if str(budget) not in self.lcs_at[b] and (
-                    self.solved_at[b] is not None or not interrupted
-                ):
-                    self.lcs_at[b][str(budget)] = self.best_lcs[b]
-        return [self._result(b, interrupted and b in self.active) for b in range(len(self.ids))]
+            self._finish(b, interrupted)
+        return [self.results[b] for b in range(len(self.ids))]
+
+    def _finish(self, b: int, interrupted: bool) -> None:
+        self.finished_s[b] = time.perf_counter() - self.t0
+        # Budgets not reached yet: a solved target keeps its best (anytime: it cannot drop);
+        # an interrupted one did not reach them and records nothing.
+        if self.solved_at[b] is not None or not interrupted:
+            for budget in self.cfg.budgets:
+                self.lcs_at[b].setdefault(str(budget), self.best_lcs[b])
+        self.results[b] = self._result(b, interrupted and self.solved_at[b] is None)
+        if self.on_result:
+            self.on_result(b, self.results[b])
 
     def _charge(self, before: ComputeCounter) -> None:
         """Share the compute of the last step and evaluation equally among the active rows
@@ -217,10 +227,9 @@ class _Run:
         keep = [j for j, b in enumerate(self.active) if self.solved_at[b] is None]
         if len(keep) == len(self.active):
             return state
-        now = time.perf_counter() - self.t0
         for j, b in enumerate(self.active):
             if j not in keep:
-                self.finished_s[b] = now
+                self._finish(b, interrupted=False)
         self.active = [self.active[j] for j in keep]
         if not keep:
             return state

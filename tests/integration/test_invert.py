@@ -1,10 +1,9 @@
+import pytest
 import torch
 
 import dlmi
 from dlmi.errors import UsageError
 from tests.conftest import hidden_prompt_target
-
-import pytest
 
 FAST = dict(prompt_length=4, eval_every=4)
 

@@ -1,0 +1,102 @@
+"""Speed of one DLMI step on the default model, against this machine's own matmul peak.
+
+Prints, from one run: seconds per step for N = 10 and N = 80 (M = 20, 8 samples), the step's
+estimated matmul FLOP/s as a ratio to the float32 matmul FLOP/s measured in the same run, peak
+RSS, and the model's first (GGUF conversion) and cached load times. The last line is JSON.
+
+    python benchmarks/speed.py [--steps 3] [--model smollm2-135m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
+    """Best float32 FLOP/s of an n x n matmul on this device (the reference for the ratio)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def time_load(spec: str) -> tuple[float, float, object]:
+    """(first load incl. GGUF conversion into an empty cache, cached load, the model)."""
+    from dlmi.models import load_model
+
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["DLMI_CACHE"] = cache
+        t = time.perf_counter()
+        load_model(spec, device="cpu")
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        lm = load_model(spec, device="cpu")
+        cached = time.perf_counter() - t
+    return first, cached, lm
+
+
+def time_steps(lm, prompt_length: int, steps: int, target_len: int = 20, samples: int = 8):
+    """Mean seconds and estimated FLOPs of one DLMI step (after one warm-up step)."""
+    from dlmi.dlm import DifferentiableLM
+    from dlmi.methods.base import Batch, row_generators
+    from dlmi.methods.dlmi_method import DLMI, DLMIConfig
+
+    dlm = DifferentiableLM(lm)
+    cfg = DLMIConfig(prompt_length=prompt_length, samples=samples, steps=steps + 1)
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(3, lm.vocab_size, (1, target_len), generator=gen)
+    mask = torch.ones_like(target, dtype=torch.bool)
+    batch = Batch(target, mask, row_generators([0], dlm.device))
+    method = DLMI(cfg, dlm)
+    state = method.init_state(batch)
+    method.step(state, batch, 1)
+    flops_before = dlm.compute.flops
+    t = time.perf_counter()
+    for s in range(steps):
+        method.step(state, batch, s + 2)
+    seconds = (time.perf_counter() - t) / steps
+    return seconds, (dlm.compute.flops - flops_before) / steps
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per prompt length")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    load_first, load_cached, lm = time_load(args.model)
+    print(f"model load: first {load_first:.1f} s (GGUF conversion), cached {load_cached:.2f} s")
+    peak = matmul_peak_flops()
+    print(f"float32 matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s")
+    out = {}
+    ratios = []
+    for n in (10, 80):
+        sec, flops = time_steps(lm, n, args.steps)
+        achieved = flops / sec
+        ratios.append(achieved / peak)
+        out[f"sec_per_step_n{n}"] = round(sec, 3)
+        print(f"N={n:>2}: {sec:.2f} s/step, {flops / 1e9:.0f} GFLOP/step, "
+              f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.2f} of peak")
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.update(flops_ratio=round(min(ratios), 3), peak_rss_mb=round(peak_rss_mb),
+               load_s_first=round(load_first, 2), load_s_cached=round(load_cached, 2))
+    print(f"peak RSS {peak_rss_mb:.0f} MB")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

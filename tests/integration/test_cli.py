@@ -1,0 +1,92 @@
+import json
+
+import pytest
+
+from dlmi.cli import main
+from tests.conftest import hidden_prompt_target
+
+TINY = ["--model", "tiny-random", "--prompt-length", "4", "--eval-every", "4", "--quiet"]
+
+
+def test_invert_prints_and_writes_json(tmp_path, capsys, tiny_lm):
+    target = tiny_lm.decode(hidden_prompt_target(tiny_lm, 0))
+    out = tmp_path / "r.json"
+    code = main(["invert", "--target", target, "--steps", "60", "--json", str(out), *TINY])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "prompt" in printed and "LCS" in printed
+    rows = json.loads(out.read_text())
+    assert isinstance(rows, list) and len(rows) == 1
+    for key in ("prompt_ids", "prompt_text", "output_ids", "output_text", "target_ids",
+                "lcs_ratio", "exact_match", "roundtrip_ok", "steps", "seconds", "history",
+                "provenance", "compute"):
+        assert key in rows[0]
+    assert rows[0]["exact_match"] is True
+
+
+def test_target_file_plain_and_jsonl(tmp_path, capsys):
+    plain = tmp_path / "t.txt"
+    plain.write_text("ab\n\ncd\n")
+    assert main(["invert", "--target-file", str(plain), "--steps", "2", *TINY]) == 0
+    assert capsys.readouterr().out.count("target   ") == 2
+    jsonl = tmp_path / "t.jsonl"
+    # target_ids take precedence over text
+    jsonl.write_text(json.dumps({"text": "zz", "target_ids": [40, 41]}) + "\n")
+    out = tmp_path / "r.json"
+    assert main(["invert", "--target-file", str(jsonl), "--steps", "2", "--json", str(out),
+                 *TINY]) == 0
+    assert json.loads(out.read_text())[0]["target_ids"] == [40, 41]
+
+
+@pytest.mark.parametrize("argv,text", [
+    (["--target", ""], "empty"),
+    (["--target", "a" * 300], "context"),
+    (["--target", "a", "--prompt-length", "0"], "prompt-length"),
+    (["--target", "a", "--steps", "0"], "steps"),
+    (["--target-file", "/no/such/file"], "not found"),
+    (["--target", "a", "--model", "/no/such/model"], "not found"),
+    (["--target", "a", "--model", "missing.gguf"], "not found"),
+    (["--target", "a", "--method", "nope"], "known methods"),
+    (["--target", "a", "--set", "nope=1"], "unknown option"),
+    (["--target", "a", "--set", "samples=many"], "expects a int"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, text, capsys):
+    model = [] if "--model" in argv else ["--model", "tiny-random"]
+    code = main(["invert", *argv, *model, "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("dlmi: error:") and text in err[0]
+    assert "Traceback" not in err[0]
+
+
+def test_methods_lists_names_with_descriptions(capsys):
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [ln.split()[0] for ln in lines]
+    assert "dlmi" in names and "random" in names
+    assert all(len(ln.split()) > 2 for ln in lines)
+
+
+def test_interrupt_prints_and_writes_best(tmp_path, capsys, monkeypatch):
+    import dlmi.runner as runner
+
+    real_run = runner._Run.run
+
+    def interrupting_run(self):  # Ctrl-C arrives during step 6
+        original = self.method.step
+
+        def step(state, batch, n):
+            if n == 6:
+                raise KeyboardInterrupt
+            return original(state, batch, n)
+
+        self.method.step = step
+        return real_run(self)
+
+    monkeypatch.setattr(runner._Run, "run", interrupting_run)
+    out = tmp_path / "r.json"
+    code = main(["invert", "--target", "abc", "--steps", "50", "--json", str(out), *TINY])
+    assert code == 130
+    rows = json.loads(out.read_text())
+    assert rows[0]["interrupted"] is True and rows[0]["steps"] == 5
+    assert "prompt" in capsys.readouterr().out
