@@ -12,12 +12,13 @@ import torch
 
 class BatchedAdam:
     def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999),
-                 eps: float = 1e-8, bias_correction: bool = True):
+                 eps: float = 1e-8, bias_correction: bool = True, weight_decay: float = 0.0):
         self.params = params  # leaf tensors, (B, ...) each
         self.lr = lr
         self.betas = betas
         self.eps = eps
         self.bias_correction = bias_correction
+        self.weight_decay = weight_decay  # decoupled, as in AdamW (PEZ)
         self.reset()
 
     def reset(self) -> None:
@@ -39,6 +40,8 @@ class BatchedAdam:
             if p.grad is None:
                 continue
             g = p.grad
+            if self.weight_decay:
+                p.mul_(1 - self.lr * self.weight_decay)
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (v / c2).sqrt_().add_(self.eps)

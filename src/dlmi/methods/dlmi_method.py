@@ -80,7 +80,12 @@ class DLMI(Method):
         tau = effective_temperature(state.phi, self.config.tau0, self.config.tau_eps)
         return tau.expand(B, N)
 
-    def step(self, state: DLMIState, batch: Batch, step: int) -> StepOutput:
+    def surrogate(self, state: DLMIState, batch: Batch):
+        """The sampled loss whose gradient is the Gumbel-Softmax estimate.
+
+        Returns loss (B,) averaged over the step's samples, the temperatures (B, N) and the
+        hard samples (B, S, N) behind the relaxed ones (argmax of Z + g).
+        """
         cfg = self.config
         Z = state.Z
         B, N, V = Z.shape
@@ -100,16 +105,20 @@ class DLMI(Method):
                 prompt, targets.shape[1], gens, tau=cfg.output_tau, hard=cfg.straight_through,
                 soft_positions=N)
         loss = masked_cross_entropy(logits, targets, mask).view(B, S).mean(1)  # (B,)
+        with torch.no_grad():
+            samples = (Z.detach()[:, None] + noise).argmax(-1)  # (B, S, N)
+        return loss, tau, samples
+
+    def step(self, state: DLMIState, batch: Batch, step: int) -> StepOutput:
+        loss, tau, samples = self.surrogate(state, batch)
         state.optimizer.zero_grad()
         # Sum over rows: each row's gradient is its own (rows share no parameters).
         loss.sum().backward()
         state.optimizer.step()
-        with torch.no_grad():
-            samples = (Z.detach()[:, None] + noise).argmax(-1)  # (B, S, N) the hard GS samples
         return StepOutput(
             loss=loss.detach(),
             temperature=tau.detach().mean(1),
-            candidates=samples if cfg.check_samples else None,
+            candidates=samples if self.config.check_samples else None,
         )
 
     @torch.no_grad()
@@ -124,3 +133,44 @@ class DLMI(Method):
     def keep(self, state: DLMIState, index: torch.Tensor) -> DLMIState:
         params = state.optimizer.keep(index)
         return DLMIState(params[0], params[1] if len(params) > 1 else None, state.optimizer)
+
+
+# ---- ablations and GBDA: the same machinery with other defaults (Table 1) ----------------------
+
+
+@dataclass
+class DLMINoTFConfig(DLMIConfig):
+    teacher_forcing: bool = False  # DLMI-TF ablation: free-running differentiable rollout
+
+
+@register
+class DLMINoTF(DLMI):
+    name = "dlmi-notf"
+    description = "DLMI without teacher forcing (free-running Gumbel-Softmax rollout)"
+    config_class = DLMINoTFConfig
+
+
+@dataclass
+class DLMISharedTauConfig(DLMIConfig):
+    temperature: str = "learnable"  # one learnable temperature per target, not per position
+
+
+@register
+class DLMISharedTau(DLMI):
+    name = "dlmi-shared-tau"
+    description = "DLMI with one shared learnable temperature instead of one per position"
+    config_class = DLMISharedTauConfig
+
+
+@dataclass
+class GBDAConfig(DLMIConfig):
+    temperature: str = "fixed"  # GBDA has no learnable temperature (Table 1)
+    tau0: float = 1.0  # the paper runs GBDA(tau=1) and GBDA(tau=100)
+    teacher_forcing: bool = False  # nor teacher forcing (Table 1)
+
+
+@register
+class GBDA(DLMI):
+    name = "gbda"
+    description = "GBDA (Guo et al. 2021) for inversion: Gumbel-Softmax at a fixed temperature"
+    config_class = GBDAConfig

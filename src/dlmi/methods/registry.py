@@ -28,4 +28,4 @@ def get_method(name: str) -> type:
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
-    from dlmi.methods import dlmi_method, random_search  # noqa: F401
+    from dlmi.methods import dlmi_method, gcg, pez, random_search, reinforce, soda  # noqa: F401

@@ -1,0 +1,127 @@
+"""GCG (Zou et al. 2023): greedy coordinate search guided by token gradients.
+
+Each step takes the gradient of the loss with respect to the one-hot prompt, keeps the top-k
+tokens per position (most negative gradient), samples `search_width` single-token swaps, drops
+swaps whose text does not re-tokenise to the same ids, evaluates the rest in memory-bounded
+chunks and moves to the best one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dlmi.dlm import masked_cross_entropy
+from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, _at_least, per_row
+from dlmi.methods.registry import register
+
+
+@dataclass
+class GCGConfig(MethodConfig):
+    top_k: int = 256  # candidate tokens per position (Zou et al. 2023)
+    search_width: int = 512  # single-swap candidates per step (Zou et al. 2023)
+    chunk_size: int = 128  # candidates per forward pass: bounds memory
+    filter_roundtrip: bool = True  # keep only prompts whose text re-tokenises to the same ids
+
+    def __post_init__(self):
+        super().__post_init__()
+        _at_least(self, "top_k", 1)
+        _at_least(self, "search_width", 1)
+        _at_least(self, "chunk_size", 1)
+
+
+@dataclass
+class GCGState:
+    prompts: torch.Tensor  # (B, N) current prompt ids
+    loss: torch.Tensor  # (B,) its loss
+
+
+def sample_swaps(prompts: torch.Tensor, top_tokens: torch.Tensor, width: int,
+                 generators: list[torch.Generator]) -> torch.Tensor:
+    """Single-token swaps of each row's prompt. prompts (B, N), top_tokens (B, N, K) ->
+    candidates (B, width, N). Positions are spread evenly over the prompt (as in GCG), the
+    replacement is drawn uniformly from that position's top-k."""
+    B, N = prompts.shape
+    K = top_tokens.shape[-1]
+    dev = prompts.device
+    pos = (torch.arange(width, device=dev) * N // width)[None].expand(B, width)  # (B, W)
+    pick = per_row(generators, lambda g: torch.randint(K, (width,), generator=g, device=dev))
+    tokens = top_tokens.gather(1, pos[..., None].expand(B, width, K))  # (B, W, K)
+    new = tokens.gather(2, pick[..., None]).squeeze(-1)  # (B, W)
+    cand = prompts[:, None].repeat(1, width, 1)
+    cand.scatter_(2, pos[..., None], new[..., None])
+    return cand
+
+
+def roundtrip_mask(lm, candidates: torch.Tensor) -> torch.Tensor:
+    """True where decode -> encode gives back the same ids. candidates (..., N) -> (...)."""
+    flat = candidates.reshape(-1, candidates.shape[-1]).tolist()
+    texts = lm.tokenizer.batch_decode(flat, skip_special_tokens=False,
+                                      clean_up_tokenization_spaces=False)
+    again = lm.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ok = [list(a) == b for a, b in zip(again, flat, strict=True)]
+    return torch.tensor(ok, device=candidates.device).view(candidates.shape[:-1])
+
+
+@register
+class GCG(Method):
+    name = "gcg"
+    description = "GCG (Zou et al. 2023): top-k token gradients, best of many single swaps"
+    config_class = GCGConfig
+
+    def init_state(self, batch: Batch) -> GCGState:
+        N, V, dev = self.config.prompt_length, self.dlm.vocab_size, self.dlm.device
+        prompts = per_row(batch.generators,
+                          lambda g: torch.randint(V, (N,), generator=g, device=dev))
+        return GCGState(prompts, torch.full((batch.size,), float("inf"), device=dev))
+
+    def token_gradients(self, prompts: torch.Tensor, batch: Batch):
+        """Loss (B,) and its gradient w.r.t. the one-hot prompt (B, N, V)."""
+        one_hot = F.one_hot(prompts, self.dlm.vocab_size).to(self.dlm.W_E.dtype)
+        one_hot.requires_grad_(True)
+        logits = self.dlm.teacher_forced_logits(self.dlm.soft_embed(one_hot), batch.target_ids,
+                                                soft_positions=prompts.shape[1])
+        loss = masked_cross_entropy(logits, batch.target_ids, batch.mask)
+        (grad,) = torch.autograd.grad(loss.sum(), one_hot)
+        return loss.detach(), grad
+
+    @torch.no_grad()
+    def candidate_losses(self, cand: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """cand (B, W, N) -> teacher-forced loss (B, W), evaluated chunk by chunk."""
+        B, W, N = cand.shape
+        flat = cand.reshape(B * W, N)
+        targets = batch.target_ids.repeat_interleave(W, 0)
+        masks = batch.mask.repeat_interleave(W, 0)
+        out = []
+        for i in range(0, B * W, self.config.chunk_size):
+            sl = slice(i, i + self.config.chunk_size)
+            logits = self.dlm.teacher_forced_logits(self.dlm.hard_embed(flat[sl]), targets[sl],
+                                                    backward=False)
+            out.append(masked_cross_entropy(logits, targets[sl], masks[sl]))
+        return torch.cat(out).view(B, W)
+
+    def step(self, state: GCGState, batch: Batch, step: int) -> StepOutput:
+        cfg = self.config
+        loss, grad = self.token_gradients(state.prompts, batch)
+        top = (-grad).topk(min(cfg.top_k, grad.shape[-1]), dim=-1).indices  # (B, N, K)
+        cand = sample_swaps(state.prompts, top, cfg.search_width, batch.generators)
+        losses = self.candidate_losses(cand, batch)  # (B, W)
+        if cfg.filter_roundtrip:
+            ok = roundtrip_mask(self.dlm.lm, cand)
+            # A row with no valid swap keeps all of them rather than stalling.
+            ok |= ~ok.any(1, keepdim=True)
+            losses = losses.masked_fill(~ok, float("inf"))
+        best_loss, best = losses.min(1)
+        state.prompts = cand[torch.arange(cand.shape[0]), best]
+        state.loss = best_loss
+        order = losses.argsort(1)[:, :4]  # a few runners-up are worth a greedy check too
+        return StepOutput(loss=best_loss, candidates=cand.gather(
+            1, order[..., None].expand(-1, -1, cand.shape[2])))
+
+    def current_prompts(self, state: GCGState) -> torch.Tensor:
+        return state.prompts
+
+    def keep(self, state: GCGState, index: torch.Tensor) -> GCGState:
+        return GCGState(state.prompts[index], state.loss[index])

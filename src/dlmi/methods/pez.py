@@ -1,0 +1,70 @@
+"""PEZ (Wen et al. 2023): continuous prompt embeddings, projected to their nearest token
+embeddings for the forward pass; the gradient at the projection updates the continuous ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dlmi.dlm import masked_cross_entropy
+from dlmi.errors import UsageError
+from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, per_row
+from dlmi.methods.registry import register
+from dlmi.optim import BatchedAdam
+
+
+@dataclass
+class PEZConfig(MethodConfig):
+    lr: float = 0.1  # AdamW learning rate (Wen et al. 2023)
+    weight_decay: float = 0.1  # AdamW weight decay (Wen et al. 2023)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.lr > 0:
+            raise UsageError(f"lr must be > 0, got {self.lr}: change --lr")
+
+
+@dataclass
+class PEZState:
+    P: torch.Tensor  # (B, N, d) continuous prompt embeddings
+    optimizer: BatchedAdam
+
+
+@register
+class PEZ(Method):
+    name = "pez"
+    description = "PEZ (Wen et al. 2023): projected continuous embeddings, straight-through"
+    config_class = PEZConfig
+
+    def init_state(self, batch: Batch) -> PEZState:
+        N, V, dev = self.config.prompt_length, self.dlm.vocab_size, self.dlm.device
+        ids = per_row(batch.generators, lambda g: torch.randint(V, (N,), generator=g, device=dev))
+        P = self.dlm.hard_embed(ids).detach().clone().requires_grad_(True)
+        return PEZState(P, BatchedAdam([P], lr=self.config.lr,
+                                       weight_decay=self.config.weight_decay))
+
+    @torch.no_grad()
+    def project(self, P: torch.Tensor) -> torch.Tensor:
+        """Nearest token by cosine similarity: (B, N, d) -> ids (B, N)."""
+        E = F.normalize(self.dlm.W_E, dim=-1)  # (V, d)
+        return (F.normalize(P, dim=-1) @ E.T).argmax(-1)
+
+    def step(self, state: PEZState, batch: Batch, step: int) -> StepOutput:
+        ids = self.project(state.P.detach())
+        hard = self.dlm.hard_embed(ids).detach().requires_grad_(True)  # (B, N, d)
+        logits = self.dlm.teacher_forced_logits(hard, batch.target_ids)
+        loss = masked_cross_entropy(logits, batch.target_ids, batch.mask)
+        (grad,) = torch.autograd.grad(loss.sum(), hard)
+        state.optimizer.zero_grad()
+        state.P.grad = grad  # straight-through: the projection's gradient moves P
+        state.optimizer.step()
+        return StepOutput(loss=loss.detach())
+
+    def current_prompts(self, state: PEZState) -> torch.Tensor:
+        return self.project(state.P.detach())
+
+    def keep(self, state: PEZState, index: torch.Tensor) -> PEZState:
+        (P,) = state.optimizer.keep(index)
+        return PEZState(P, state.optimizer)

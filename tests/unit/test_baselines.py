@@ -1,0 +1,90 @@
+import torch
+
+from dlmi.dlm import DifferentiableLM
+from dlmi.methods.base import Batch, row_generators
+from dlmi.methods.gcg import roundtrip_mask, sample_swaps
+from dlmi.methods.soda import SODA, SODAConfig
+
+
+def soda_setup(tiny_lm, **cfg):
+    dlm = DifferentiableLM(tiny_lm)
+    target = torch.tensor([[10, 11, 12]])
+    batch = Batch(target, torch.ones_like(target, dtype=torch.bool), row_generators([0], "cpu"))
+    method = SODA(SODAConfig(prompt_length=3, **cfg), dlm)
+    return method, method.init_state(batch), batch
+
+
+def test_soda_first_step_has_no_bias_correction_and_decays(tiny_lm):
+    method, state, batch = soda_setup(tiny_lm)
+    assert torch.count_nonzero(state.Z) == 0  # zeros init (Table 5)
+    Z0 = state.Z.detach().clone()
+    # Recompute the gradient the step will see.
+    p = torch.softmax(state.Z / 0.05, -1)
+    from dlmi.dlm import masked_cross_entropy
+
+    logits = method.dlm.teacher_forced_logits(method.dlm.soft_embed(p), batch.target_ids)
+    (g,) = torch.autograd.grad(masked_cross_entropy(logits, batch.target_ids, batch.mask).sum(),
+                               state.Z)
+    method.step(state, batch, 1)
+    m, v = 0.1 * g, 0.005 * g * g  # (1 - beta1) g, (1 - beta2) g^2, no bias correction
+    expected = (Z0 - 0.03 * m / (v.sqrt() + 1e-8)) * 0.98
+    assert torch.allclose(state.Z.detach(), expected, atol=1e-5)
+
+
+def test_soda_resets_optimiser_and_reinitialises(tiny_lm):
+    method, state, batch = soda_setup(tiny_lm, reset_every=3, reinit_every=5)
+    for step in range(1, 4):
+        method.step(state, batch, step)
+    assert state.optimizer.t == 0  # reset after step 3
+    method.step(state, batch, 4)
+    assert state.optimizer.t == 1
+    method.step(state, batch, 5)  # re-initialisation: fresh N(0, 1) logits
+    assert state.optimizer.t == 0 and 0.8 < state.Z.detach().std().item() < 1.2
+
+
+def test_gcg_swaps_change_one_position_to_a_top_k_token():
+    prompts = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    top = torch.arange(2 * 4 * 3).view(2, 4, 3) + 50  # (B, N, K) distinct ids >= 50
+    cand = sample_swaps(prompts, top, 8, row_generators([0, 1], "cpu"))
+    assert cand.shape == (2, 8, 4)
+    for b in range(2):
+        for w in range(8):
+            diff = (cand[b, w] != prompts[b]).nonzero().flatten().tolist()
+            assert len(diff) == 1
+            pos = diff[0]
+            assert int(cand[b, w, pos]) in top[b, pos].tolist()
+    # positions are spread evenly: each of the 4 positions is swapped twice out of 8
+    changed = (cand != prompts[:, None]).float().sum(1)
+    assert torch.equal(changed, torch.full((2, 4), 2.0))
+
+
+class MergingTokenizer:
+    """Vocabulary a, b, ab with greedy longest-match encoding: [a, b] decodes to "ab", which
+    re-encodes as the single token ab, so that prompt does not round-trip."""
+
+    pieces = ["a", "b", "ab"]
+
+    def batch_decode(self, rows, **kwargs):
+        return ["".join(self.pieces[i] for i in row) for row in rows]
+
+    def __call__(self, texts, add_special_tokens=False):
+        out = []
+        for text in texts:
+            ids, i = [], 0
+            while i < len(text):
+                if text.startswith("ab", i):
+                    ids.append(2)
+                    i += 2
+                else:
+                    ids.append(self.pieces.index(text[i]))
+                    i += 1
+            out.append(ids)
+        return {"input_ids": out}
+
+
+def test_gcg_filter_drops_prompts_that_do_not_round_trip():
+    from types import SimpleNamespace
+
+    lm = SimpleNamespace(tokenizer=MergingTokenizer())
+    cand = torch.tensor([[[2, 2], [0, 1], [1, 0]]])  # "abab" ok, "ab" merges, "ba" ok
+    assert roundtrip_mask(lm, cand).tolist() == [[True, False, True]]
