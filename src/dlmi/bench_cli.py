@@ -53,6 +53,22 @@ def add_parsers(sub) -> None:
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(handler=cmd_report)
 
+    d = sub.add_parser("diagnose", help="gradient variance and bias of the estimators (Fig. 5)")
+    add_model_flags(d)
+    d.add_argument("--target", required=True, help="target text")
+    d.add_argument("--estimators", default="gs:1,gs:100,learnable:1,decoupled:100,reinforce",
+                   help="comma-separated: gs:TAU, learnable:TAU0, decoupled:TAU0, reinforce")
+    d.add_argument("--steps", type=int, default=8, help="optimisation steps measured")
+    d.add_argument("--repeats", type=int, default=8, help="gradient estimates per step")
+    d.add_argument("--reference-samples", type=int, default=256,
+                   help="REINFORCE samples of the unbiased reference gradient")
+    d.add_argument("--prompt-length", type=int, default=10)
+    d.add_argument("--samples", type=int, default=8, help="samples per estimate")
+    d.add_argument("--seeds", default="0")
+    d.add_argument("--out", required=True, help="output directory")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(handler=cmd_diagnose)
+
 
 def int_list(text: str | None, flag: str) -> list[int] | None:
     if text is None:
@@ -164,4 +180,36 @@ def cmd_report(args) -> int:
     files = write_report(paths, Path(args.out))
     for f in files:
         print(f)
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from dlmi.diagnostics import diagnose, parse_estimators, plot_diagnostics
+    from dlmi.results_io import append_row
+    from dlmi.runner import target_ids_of
+
+    estimators = parse_estimators(args.estimators)
+    seeds = int_list(args.seeds, "--seeds")
+    if not args.target:
+        raise UsageError("target is empty: give --target some text")
+    lm = load_model_from_args(args)
+    ids = target_ids_of(lm, args.target)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / "gradient_diagnostics.jsonl"
+    rows_path.unlink(missing_ok=True)
+
+    def on_row(row):
+        append_row(rows_path, row)
+        if not args.quiet:
+            print(f"{row['estimator']:>16} seed {row['seed']} step {row['step']:>3}: "
+                  f"max var {row['max_variance']:.3g}, max bias {row['max_bias']:.3g} "
+                  f"(noise floor {row['bias_noise_floor']:.3g})", flush=True)
+
+    rows = diagnose(lm, ids, estimators, steps=args.steps, repeats=args.repeats,
+                    reference_samples=args.reference_samples, prompt_length=args.prompt_length,
+                    samples=args.samples, seeds=tuple(seeds), on_row=on_row)
+    for path in plot_diagnostics(rows, out):
+        print(path)
+    print(rows_path)
     return 0
