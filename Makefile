@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dlmi invert --target " Paris." --prompt-length 10 --steps 64
+	$(BIN)/dlmi invert --target " of the" --prompt-length 10 --steps 64 --eval-every 4
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -111,11 +111,11 @@ def diagnose(lm, target_ids: list[int], estimators: list[EstimatorSpec], steps: 
         raise UsageError("need --repeats >= 2, --reference-samples >= 2 and --steps >= 1")
     dlm = DifferentiableLM(lm)
     target = torch.tensor([target_ids], device=dlm.device)
+    mask = dlm.target_mask(target, torch.tensor([len(target_ids)], device=dlm.device))
     rows = []
     for spec in estimators:
         for seed in seeds:
-            batch = Batch(target, dlm.target_mask(target, torch.tensor([len(target_ids)])),
-                          row_generators([seed], dlm.device))
+            batch = Batch(target, mask, row_generators([seed], dlm.device))
             method = _method(spec, dlm, prompt_length, samples, lr, seed)
             state = method.init_state(batch)
             ref_gen = torch.Generator(device=dlm.device).manual_seed(10_000 + seed)

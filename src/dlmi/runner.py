@@ -203,7 +203,7 @@ class _Run:
             hits = self.dlm.teacher_forced_hits(cands.view(b * K, N),
                                                 target.repeat_interleave(K, 0)).view(b, K, -1)
             score = (hits & mask[:, None]).sum(-1)  # (b, K); ties keep index 0, the current one
-            chosen = cands[torch.arange(b), score.argmax(1)]
+            chosen = cands[torch.arange(b, device=cands.device), score.argmax(1)]
         output = self.dlm.greedy_decode(chosen, target.shape[1])
         for j, b in enumerate(self.active):
             n = len(self.ids[b])

@@ -115,3 +115,10 @@ def per_row(generators: list[torch.Generator], fn) -> torch.Tensor:
     """Stack fn(generator) over rows: row b's random numbers come from row b's generator only,
     so a target's run is the same alone or in a batch."""
     return torch.stack([fn(g) for g in generators])
+
+
+def random_prompt_ids(generators: list[torch.Generator], length: int, vocab: int,
+                      device) -> torch.Tensor:
+    """(B, length) uniformly random token ids, row b drawn from generator b."""
+    return per_row(generators,
+                   lambda g: torch.randint(vocab, (length,), generator=g, device=device))

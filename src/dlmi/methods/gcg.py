@@ -14,7 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from dlmi.dlm import masked_cross_entropy
-from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, _at_least, per_row
+from dlmi.methods.base import (
+    Batch,
+    Method,
+    MethodConfig,
+    StepOutput,
+    _at_least,
+    per_row,
+    random_prompt_ids,
+)
 from dlmi.methods.registry import register
 
 
@@ -72,9 +80,9 @@ class GCG(Method):
     config_class = GCGConfig
 
     def init_state(self, batch: Batch) -> GCGState:
-        N, V, dev = self.config.prompt_length, self.dlm.vocab_size, self.dlm.device
-        prompts = per_row(batch.generators,
-                          lambda g: torch.randint(V, (N,), generator=g, device=dev))
+        dev = self.dlm.device
+        prompts = random_prompt_ids(batch.generators, self.config.prompt_length,
+                                    self.dlm.vocab_size, dev)
         return GCGState(prompts, torch.full((batch.size,), float("inf"), device=dev))
 
     def token_gradients(self, prompts: torch.Tensor, batch: Batch):
@@ -114,7 +122,7 @@ class GCG(Method):
             ok |= ~ok.any(1, keepdim=True)
             losses = losses.masked_fill(~ok, float("inf"))
         best_loss, best = losses.min(1)
-        state.prompts = cand[torch.arange(cand.shape[0]), best]
+        state.prompts = cand[torch.arange(cand.shape[0], device=cand.device), best]
         state.loss = best_loss
         order = losses.argsort(1)[:, :4]  # a few runners-up are worth a greedy check too
         return StepOutput(loss=best_loss, candidates=cand.gather(

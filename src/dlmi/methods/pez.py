@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dlmi.dlm import masked_cross_entropy
 from dlmi.errors import UsageError
-from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, per_row
+from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, random_prompt_ids
 from dlmi.methods.registry import register
 from dlmi.optim import BatchedAdam
 
@@ -39,8 +39,8 @@ class PEZ(Method):
     config_class = PEZConfig
 
     def init_state(self, batch: Batch) -> PEZState:
-        N, V, dev = self.config.prompt_length, self.dlm.vocab_size, self.dlm.device
-        ids = per_row(batch.generators, lambda g: torch.randint(V, (N,), generator=g, device=dev))
+        ids = random_prompt_ids(batch.generators, self.config.prompt_length,
+                                self.dlm.vocab_size, self.dlm.device)
         P = self.dlm.hard_embed(ids).detach().clone().requires_grad_(True)
         return PEZState(P, BatchedAdam([P], lr=self.config.lr,
                                        weight_decay=self.config.weight_decay))

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import torch
 
 from dlmi.dlm import masked_cross_entropy
-from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, _at_least, per_row
+from dlmi.methods.base import (
+    Batch,
+    Method,
+    MethodConfig,
+    StepOutput,
+    _at_least,
+    random_prompt_ids,
+)
 from dlmi.methods.registry import register
 
 
@@ -38,11 +45,10 @@ class RandomSearch(Method):
     config_class = RandomConfig
 
     def init_state(self, batch: Batch) -> RandomState:
-        N, V, dev = self.config.prompt_length, self.dlm.vocab_size, self.dlm.device
-        prompts = per_row(batch.generators,
-                          lambda g: torch.randint(V, (N,), generator=g, device=dev))
-        loss = torch.full((batch.size,), float("inf"), device=dev)
-        return RandomState(prompts, loss)
+        dev = self.dlm.device
+        prompts = random_prompt_ids(batch.generators, self.config.prompt_length,
+                                    self.dlm.vocab_size, dev)
+        return RandomState(prompts, torch.full((batch.size,), float("inf"), device=dev))
 
     @torch.no_grad()
     def step(self, state: RandomState, batch: Batch, step: int) -> StepOutput:

@@ -1,0 +1,49 @@
+"""The real default model, SmolLM2-135M-Instruct from the embedded GGUF (slow, run in CI)."""
+
+import pytest
+
+import dlmi
+from dlmi.cli import main
+from dlmi.dlm import DifferentiableLM
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_model_loads_frozen_with_its_tokenizer(smollm2):
+    assert smollm2.vocab_size == 49152
+    assert (smollm2.bos_token_id, smollm2.eos_token_id) == (1, 2)
+    assert not any(p.requires_grad for p in smollm2.model.parameters())
+    assert not smollm2.model.training
+    import torch
+
+    prompt = torch.tensor([smollm2.encode("The capital of France is")])
+    out = DifferentiableLM(smollm2).greedy_decode(prompt, 2)[0].tolist()
+    assert smollm2.decode(out).startswith(" Paris")
+
+
+def test_easy_targets_are_inverted_exactly(smollm2):
+    # Measured on 2 CPU cores: " the" solved at step 28 and " of the" at step 8 (N = 10,
+    # paper defaults otherwise), 40 s for a batch of four such targets; budget 64 steps.
+    results = dlmi.invert_batch(smollm2, [" the", " of the"], prompt_length=10, steps=64,
+                                eval_every=4)
+    for r in results:
+        assert r.lcs_ratio == 1.0 and r.exact_match, (r.target_text, r.output_text)
+        assert r.solved_at_step <= 64
+
+
+def test_targets_at_k1_with_no_noise_are_greedy_continuations(smollm2):
+    from dlmi.targets import generate_targets
+
+    row = generate_targets(smollm2, [1], per_k=1, length=6, sigma=0.0, seed=0)[0]
+    import torch
+
+    greedy = DifferentiableLM(smollm2).greedy_decode(torch.tensor([[1]]), 6)[0].tolist()
+    assert row["target_ids"] == greedy
+
+
+def test_cli_invert_on_default_model(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["invert", "--target", ".\n\nThe", "--prompt-length", "10", "--steps", "16",
+                 "--eval-every", "4", "--json", str(out), "--quiet"])
+    assert code == 0
+    assert "exact match" in capsys.readouterr().out
