@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--steps", type=int, default=3, help="timed steps per prompt length")
     args = p.parse_args(argv)
+    torch.set_flush_denormal(True)  # as the CLI does
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     load_first, load_cached, lm = time_load(args.model)

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     _quiet_libraries()
+    if args.command != "report":  # reports stay torch-free
+        _flush_denormals()
     try:
         return args.handler(args)
     except UsageError as exc:
@@ -177,6 +179,15 @@ def cmd_methods(args) -> int:
     for name in method_names():
         print(f"{name:<{width}}  {get_method(name).description}")
     return 0
+
+
+def _flush_denormals() -> None:
+    """Treat subnormal floats as zero, for the CLI process only (a global setting the library
+    leaves alone). Tempered softmaxes at low temperature produce them, and CPU arithmetic on
+    subnormals is many times slower: measured 2x on a GBDA step of the tiny model."""
+    import torch
+
+    torch.set_flush_denormal(True)
 
 
 def _quiet_libraries() -> None:
