@@ -139,8 +139,8 @@ def plan(spec: BenchSpec, targets: list[dict], done: set[tuple]) -> list[Job]:
 
 
 def method_config(spec: BenchSpec, method: str, prompt_length: int):
-    from dlmi.cli import coerce_overrides
     from dlmi.methods.registry import get_method
+    from dlmi.options import coerce_overrides
 
     cls = get_method(method).config_class
     options = coerce_overrides(cls, dict(spec.method_options.get(method, {})))

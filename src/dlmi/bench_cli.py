@@ -103,7 +103,7 @@ def cmd_targets(args) -> int:
 
 
 def bench_method_options(items: list[str]) -> dict[str, dict]:
-    from dlmi.cli import parse_value
+    from dlmi.options import parse_value
 
     options: dict[str, dict] = {}
     for item in items:

@@ -21,12 +21,6 @@ class ComputeCounter:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def add(self, other: ComputeCounter) -> None:
-        self.forward_passes += other.forward_passes
-        self.backward_passes += other.backward_passes
-        self.tokens += other.tokens
-        self.flops += other.flops
-
 
 @dataclass(frozen=True)
 class ModelShape:

@@ -10,12 +10,12 @@ from dlmi.cli import (
     ProgressBar,
     add_method_flags,
     add_model_flags,
-    coerce_overrides,
     load_model_from_args,
     method_overrides,
     write_json_atomic,
 )
 from dlmi.errors import UsageError
+from dlmi.options import coerce_overrides
 
 log = logging.getLogger(__name__)
 

@@ -42,11 +42,6 @@ class InversionResult:
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
 
-    @classmethod
-    def from_dict(cls, row: dict) -> InversionResult:
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in row.items() if k in names})
-
     def __str__(self) -> str:
         status = "exact match" if self.exact_match else "no exact match"
         if self.interrupted:

@@ -17,10 +17,6 @@ class TargetSpec:
     target: str | list[int]  # what the inverter receives
     row: dict  # the original JSONL row (or {"text": line}), kept for provenance and ids
 
-    @property
-    def key(self) -> str:
-        return str(self.row.get("id", self.row.get("text", self.target)))
-
 
 def read_target_file(path: str | Path) -> list[TargetSpec]:
     path = Path(path)
