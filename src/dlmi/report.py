@@ -231,9 +231,12 @@ def summary_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["method"], int(r.get("prompt_length") or 0), r.get("k"))].append(r)
+        n = int(r.get("prompt_length") or 0)
+        if r.get("k") is not None:
+            groups[(r["method"], n, int(r["k"]))].append(r)
+        groups[(r["method"], n, None)].append(r)  # every k together
     for (method, n, k), group in sorted(groups.items(), key=lambda kv: (
-            kv[0][0], kv[0][1], -1 if kv[0][2] is None else kv[0][2])):
+            kv[0][0], kv[0][1], float("inf") if kv[0][2] is None else kv[0][2])):
         cells = [method, str(n), "all" if k is None else str(k), str(len(group))]
         for b in budgets:
             m, se = mean_se([lcs_at(r, b) for r in group])
@@ -264,7 +267,9 @@ def write_report(paths: list[Path], out: Path) -> list[Path]:
         f"# Summary ({_model_name(rows)}, {len(rows)} rows)\n\n"
         "LCS: mean ± s.e. of the best LCS ratio of the greedy output at each step budget; "
         "exact: share of rows with LCS 1.0; overlap: share of target tokens found in the "
-        "prompt (the cheating check, lower is better).\n\n" + summary_table(rows) + "\n")
+        "prompt (the cheating check, lower is better); s/row: wall seconds until the row was "
+        "done; GFLOP/row: estimated matmul FLOPs it used; k = all: every difficulty.\n\n"
+        + summary_table(rows) + "\n")
     written.append(summary)
     written += write_method_tables(rows, out)
     return written

@@ -238,8 +238,9 @@ class _Run:
         return self.method.keep(state, index)
 
     def _progress(self, step: int) -> Progress:
-        losses = [self.last_loss[b] for b in self.active]
-        taus = [self.last_tau[b] for b in self.active if self.last_tau[b] is not None]
+        rows = self.active or range(len(self.ids))  # all done: show where they ended
+        losses = [self.last_loss[b] for b in rows]
+        taus = [self.last_tau[b] for b in rows if self.last_tau[b] is not None]
         best = [max(x, 0.0) for x in self.best_lcs]
         return Progress(step=step, steps=self.cfg.steps, active=len(self.active),
                         total=len(self.ids), loss=sum(losses) / len(losses) if losses else 0.0,
