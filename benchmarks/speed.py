@@ -47,27 +47,13 @@ def time_load(spec: str) -> tuple[float, float, object]:
     return first, cached, lm
 
 
-def time_steps(lm, prompt_length: int, steps: int, target_len: int = 20, samples: int = 8):
-    """Mean seconds and estimated FLOPs of one DLMI step (after one warm-up step)."""
-    from dlmi.dlm import DifferentiableLM
-    from dlmi.methods.base import Batch, row_generators
-    from dlmi.methods.dlmi_method import DLMI, DLMIConfig
+def time_steps(lm, prompt_length: int, steps: int, target_len: int = 20):
+    """Mean seconds and estimated FLOPs of one DLMI step (8 samples, one target)."""
+    from method_speed import time_method  # sibling script in benchmarks/
 
-    dlm = DifferentiableLM(lm)
-    cfg = DLMIConfig(prompt_length=prompt_length, samples=samples, steps=steps + 1)
     gen = torch.Generator().manual_seed(0)
     target = torch.randint(3, lm.vocab_size, (1, target_len), generator=gen)
-    mask = torch.ones_like(target, dtype=torch.bool)
-    batch = Batch(target, mask, row_generators([0], dlm.device))
-    method = DLMI(cfg, dlm)
-    state = method.init_state(batch)
-    method.step(state, batch, 1)
-    flops_before = dlm.compute.flops
-    t = time.perf_counter()
-    for s in range(steps):
-        method.step(state, batch, s + 2)
-    seconds = (time.perf_counter() - t) / steps
-    return seconds, (dlm.compute.flops - flops_before) / steps
+    return time_method(lm, "dlmi", target, prompt_length, steps, {})
 
 
 def main(argv=None) -> int:

@@ -122,3 +122,26 @@ def random_prompt_ids(generators: list[torch.Generator], length: int, vocab: int
     """(B, length) uniformly random token ids, row b drawn from generator b."""
     return per_row(generators,
                    lambda g: torch.randint(vocab, (length,), generator=g, device=device))
+
+
+@dataclass
+class IncumbentState:
+    prompts: torch.Tensor  # (B, N) the best prompt so far, per row
+    loss: torch.Tensor  # (B,) its loss
+
+
+class IncumbentSearch(Method):
+    """Discrete searches that hold one hard prompt per row (random search, GCG): they start
+    from random tokens and report the incumbent as their current prompt."""
+
+    def init_state(self, batch: Batch) -> IncumbentState:
+        dev = self.dlm.device
+        prompts = random_prompt_ids(batch.generators, self.config.prompt_length,
+                                    self.dlm.vocab_size, dev)
+        return IncumbentState(prompts, torch.full((batch.size,), float("inf"), device=dev))
+
+    def current_prompts(self, state: IncumbentState) -> torch.Tensor:
+        return state.prompts
+
+    def keep(self, state: IncumbentState, index: torch.Tensor) -> IncumbentState:
+        return IncumbentState(state.prompts[index], state.loss[index])

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from dlmi.dlm import masked_cross_entropy
 from dlmi.methods.base import (
     Batch,
-    Method,
+    IncumbentSearch,
+    IncumbentState,
     MethodConfig,
     StepOutput,
     _at_least,
     per_row,
-    random_prompt_ids,
 )
 from dlmi.methods.registry import register
 
@@ -38,12 +38,6 @@ class GCGConfig(MethodConfig):
         _at_least(self, "top_k", 1)
         _at_least(self, "search_width", 1)
         _at_least(self, "chunk_size", 1)
-
-
-@dataclass
-class GCGState:
-    prompts: torch.Tensor  # (B, N) current prompt ids
-    loss: torch.Tensor  # (B,) its loss
 
 
 def sample_swaps(prompts: torch.Tensor, top_tokens: torch.Tensor, width: int,
@@ -74,16 +68,10 @@ def roundtrip_mask(lm, candidates: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class GCG(Method):
+class GCG(IncumbentSearch):
     name = "gcg"
     description = "GCG (Zou et al. 2023): top-k token gradients, best of many single swaps"
     config_class = GCGConfig
-
-    def init_state(self, batch: Batch) -> GCGState:
-        dev = self.dlm.device
-        prompts = random_prompt_ids(batch.generators, self.config.prompt_length,
-                                    self.dlm.vocab_size, dev)
-        return GCGState(prompts, torch.full((batch.size,), float("inf"), device=dev))
 
     def token_gradients(self, prompts: torch.Tensor, batch: Batch):
         """Loss (B,) and its gradient w.r.t. the one-hot prompt (B, N, V)."""
@@ -110,7 +98,7 @@ class GCG(Method):
             out.append(masked_cross_entropy(logits, targets[sl], masks[sl]))
         return torch.cat(out).view(B, W)
 
-    def step(self, state: GCGState, batch: Batch, step: int) -> StepOutput:
+    def step(self, state: IncumbentState, batch: Batch, step: int) -> StepOutput:
         cfg = self.config
         loss, grad = self.token_gradients(state.prompts, batch)
         top = (-grad).topk(min(cfg.top_k, grad.shape[-1]), dim=-1).indices  # (B, N, K)
@@ -127,9 +115,3 @@ class GCG(Method):
         order = losses.argsort(1)[:, :4]  # a few runners-up are worth a greedy check too
         return StepOutput(loss=best_loss, candidates=cand.gather(
             1, order[..., None].expand(-1, -1, cand.shape[2])))
-
-    def current_prompts(self, state: GCGState) -> torch.Tensor:
-        return state.prompts
-
-    def keep(self, state: GCGState, index: torch.Tensor) -> GCGState:
-        return GCGState(state.prompts[index], state.loss[index])

@@ -14,11 +14,11 @@ import torch
 from dlmi.dlm import masked_cross_entropy
 from dlmi.methods.base import (
     Batch,
-    Method,
+    IncumbentSearch,
+    IncumbentState,
     MethodConfig,
     StepOutput,
     _at_least,
-    random_prompt_ids,
 )
 from dlmi.methods.registry import register
 
@@ -32,26 +32,14 @@ class RandomConfig(MethodConfig):
         _at_least(self, "samples", 1)
 
 
-@dataclass
-class RandomState:
-    prompts: torch.Tensor  # (B, N) incumbent prompt ids
-    loss: torch.Tensor  # (B,) incumbent loss
-
-
 @register
-class RandomSearch(Method):
+class RandomSearch(IncumbentSearch):
     name = "random"
     description = "random single-token mutations of the best prompt so far (lower bound)"
     config_class = RandomConfig
 
-    def init_state(self, batch: Batch) -> RandomState:
-        dev = self.dlm.device
-        prompts = random_prompt_ids(batch.generators, self.config.prompt_length,
-                                    self.dlm.vocab_size, dev)
-        return RandomState(prompts, torch.full((batch.size,), float("inf"), device=dev))
-
     @torch.no_grad()
-    def step(self, state: RandomState, batch: Batch, step: int) -> StepOutput:
+    def step(self, state: IncumbentState, batch: Batch, step: int) -> StepOutput:
         B, N = state.prompts.shape
         S, V, dev = self.config.samples, self.dlm.vocab_size, self.dlm.device
 
@@ -76,9 +64,3 @@ class RandomSearch(Method):
         state.prompts = torch.where(better[:, None], chosen, state.prompts)
         state.loss = torch.where(better, best_loss, state.loss)
         return StepOutput(loss=state.loss.clone())
-
-    def current_prompts(self, state: RandomState) -> torch.Tensor:
-        return state.prompts
-
-    def keep(self, state: RandomState, index: torch.Tensor) -> RandomState:
-        return RandomState(state.prompts[index], state.loss[index])
