@@ -41,6 +41,15 @@ class MethodConfig:
         return asdict(self)
 
 
+def _positive(cfg, *names: str) -> None:
+    """Each named option must be > 0; the error names the flag (or --set key) to change."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not value > 0:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{name} must be > 0, got {value}: change {flag}")
+
+
 def _at_least(cfg, name: str, low: float) -> None:
     value = getattr(cfg, name)
     if value < low:

@@ -10,7 +10,15 @@ import torch
 from dlmi.dlm import masked_cross_entropy
 from dlmi.errors import UsageError
 from dlmi.estimators import TEMPERATURE_MODES, effective_temperature, gumbel_noise, gumbel_softmax
-from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, _at_least, per_row
+from dlmi.methods.base import (
+    Batch,
+    Method,
+    MethodConfig,
+    StepOutput,
+    _at_least,
+    _positive,
+    per_row,
+)
 from dlmi.methods.registry import register
 from dlmi.optim import BatchedAdam
 
@@ -32,12 +40,7 @@ class DLMIConfig(MethodConfig):
     def __post_init__(self):
         super().__post_init__()
         _at_least(self, "samples", 1)
-        if not self.lr > 0:
-            raise UsageError(f"lr must be > 0, got {self.lr}: change --lr")
-        if not self.tau0 > 0:
-            raise UsageError(f"tau0 must be > 0, got {self.tau0}: change --tau0")
-        if not self.tau_eps > 0:
-            raise UsageError(f"tau_eps must be > 0, got {self.tau_eps}")
+        _positive(self, "lr", "tau0", "tau_eps")
         if self.temperature not in TEMPERATURE_MODES:
             raise UsageError(f"temperature must be one of {', '.join(TEMPERATURE_MODES)}, "
                              f"got {self.temperature!r}")

@@ -9,8 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from dlmi.dlm import masked_cross_entropy
-from dlmi.errors import UsageError
-from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, random_prompt_ids
+from dlmi.methods.base import (
+    Batch,
+    Method,
+    MethodConfig,
+    StepOutput,
+    _positive,
+    random_prompt_ids,
+)
 from dlmi.methods.registry import register
 from dlmi.optim import BatchedAdam
 
@@ -22,8 +28,7 @@ class PEZConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.lr > 0:
-            raise UsageError(f"lr must be > 0, got {self.lr}: change --lr")
+        _positive(self, "lr")
 
 
 @dataclass

@@ -15,7 +15,15 @@ import torch
 from dlmi.dlm import masked_cross_entropy
 from dlmi.errors import UsageError
 from dlmi.estimators import gumbel_noise
-from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, _at_least, per_row
+from dlmi.methods.base import (
+    Batch,
+    Method,
+    MethodConfig,
+    StepOutput,
+    _at_least,
+    _positive,
+    per_row,
+)
 from dlmi.methods.registry import register
 from dlmi.optim import BatchedAdam
 
@@ -32,8 +40,7 @@ class ReinforceConfig(MethodConfig):
     def __post_init__(self):
         super().__post_init__()
         _at_least(self, "samples", 1)
-        if not self.lr > 0:
-            raise UsageError(f"lr must be > 0, got {self.lr}: change --lr")
+        _positive(self, "lr")
         if not 0 <= self.baseline_beta < 1:
             raise UsageError(f"baseline_beta must be in [0, 1), got {self.baseline_beta}")
 

@@ -13,7 +13,15 @@ import torch
 
 from dlmi.dlm import masked_cross_entropy
 from dlmi.errors import UsageError
-from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, _at_least, per_row
+from dlmi.methods.base import (
+    Batch,
+    Method,
+    MethodConfig,
+    StepOutput,
+    _at_least,
+    _positive,
+    per_row,
+)
 from dlmi.methods.registry import register
 from dlmi.optim import BatchedAdam
 
@@ -34,8 +42,7 @@ class SODAConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.lr > 0 or not self.temperature > 0:
-            raise UsageError("lr and temperature must be > 0")
+        _positive(self, "lr", "temperature")
         if not 0 < self.decay <= 1:
             raise UsageError(f"decay must be in (0, 1], got {self.decay}")
         _at_least(self, "reset_every", 1)
