@@ -13,21 +13,11 @@ import sys
 from pathlib import Path
 
 from dlmi.errors import UsageError
-from dlmi.options import parse_value
+from dlmi.options import COMMON_FLAGS, parse_value
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-# Flags shared by `invert` and `bench`, each mapped 1:1 to a config field (None = not given).
-COMMON_FLAGS = {
-    "prompt_length": (int, "prompt length N in tokens"),
-    "steps": (int, "optimisation steps"),
-    "samples": (int, "samples per step (Gumbel-Softmax samples, REINFORCE samples, ...)"),
-    "lr": (float, "learning rate"),
-    "tau0": (float, "initial (or fixed) temperature"),
-    "eval_every": (int, "judge the prompt by greedy decoding every K steps"),
-    "seed": (int, "random seed"),
-}
 
 
 def main(argv: list[str] | None = None) -> int:

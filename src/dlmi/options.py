@@ -7,6 +7,24 @@ import json
 
 from dlmi.errors import UsageError
 
+# Flags shared by `invert` and `bench`, each mapped 1:1 to a config field (None = not given).
+COMMON_FLAGS = {
+    "prompt_length": (int, "prompt length N in tokens"),
+    "steps": (int, "optimisation steps"),
+    "samples": (int, "samples per step (Gumbel-Softmax samples, REINFORCE samples, ...)"),
+    "lr": (float, "learning rate"),
+    "tau0": (float, "initial (or fixed) temperature"),
+    "eval_every": (int, "judge the prompt by greedy decoding every K steps"),
+    "seed": (int, "random seed"),
+}
+
+
+def option_hint(name: str) -> str:
+    """How a user changes config field `name` from the command line."""
+    if name in COMMON_FLAGS:
+        return "--" + name.replace("_", "-")
+    return f"--set {name}=VALUE"
+
 
 def parse_value(text: str):
     """'3' -> 3, '0.1' -> 0.1, 'true' -> True, '[1,2]' -> [1, 2], else the string."""

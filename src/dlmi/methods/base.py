@@ -16,6 +16,7 @@ import torch
 
 from dlmi.dlm import DifferentiableLM
 from dlmi.errors import UsageError
+from dlmi.options import option_hint
 
 
 @dataclass
@@ -46,15 +47,13 @@ def _positive(cfg, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         if not value > 0:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{name} must be > 0, got {value}: change {flag}")
+            raise UsageError(f"{name} must be > 0, got {value}: change {option_hint(name)}")
 
 
 def _at_least(cfg, name: str, low: float) -> None:
     value = getattr(cfg, name)
     if value < low:
-        flag = "--" + name.replace("_", "-")
-        raise UsageError(f"{name} must be >= {low}, got {value}: change {flag}")
+        raise UsageError(f"{name} must be >= {low}, got {value}: change {option_hint(name)}")
 
 
 @dataclass
