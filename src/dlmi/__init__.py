@@ -6,7 +6,8 @@
     print(result)                                  # prompt, greedy output, LCS ratio
     results = dlmi.invert_batch(lm, ["first target", "second target"], dlmi.DLMIConfig())
 
-Methods: `dlmi.method_names()`; pass `method="gcg"` etc. to invert/invert_batch.
+Methods: `dlmi.method_names()`; pass `method="gcg"` etc. to invert/invert_batch, or a config
+of that method (`dlmi.DLMIConfig()` runs the paper's DLMI). The default is dlmi-search.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib
 # Re-exports resolve lazily so that `dlmi report` and other torch-free paths stay torch-free.
 _EXPORTS = {
     "DLMIConfig": "dlmi.methods.dlmi_method",
+    "DLMISearchConfig": "dlmi.methods.dlmi_search",
     "get_method": "dlmi.methods.registry",
     "method_names": "dlmi.methods.registry",
     "LoadedModel": "dlmi.models",
@@ -33,19 +35,21 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "DLMIConfig", "InversionResult", "LoadedModel", "Progress", "get_method", "invert",
-    "invert_batch", "load_model", "method_names",
+    "DLMIConfig", "DLMISearchConfig", "InversionResult", "LoadedModel", "Progress",
+    "get_method", "invert", "invert_batch", "load_model", "method_names",
 ]
 
 
-def invert(lm, target, config=None, method: str = "dlmi", **options):
-    """Invert one target (text or token ids) -> InversionResult. Options override config."""
+def invert(lm, target, config=None, method: str | None = None, **options):
+    """Invert one target (text or token ids) -> InversionResult. Options override config.
+
+    method: None picks the method of `config`'s class, else dlmi-search (the default)."""
     from dlmi.runner import run_inversion
 
     return run_inversion(lm, [target], method=method, config=config, **options)[0]
 
 
-def invert_batch(lm, targets, config=None, method: str = "dlmi", **options):
+def invert_batch(lm, targets, config=None, method: str | None = None, **options):
     """Invert several targets in one batched optimisation; one result per target, in order."""
     from dlmi.runner import run_inversion
 

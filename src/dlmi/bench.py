@@ -48,6 +48,9 @@ class BenchSpec:
     targets_file: str | None = None  # JSONL of targets instead of generating them
     eval_every: int = 8
     batch_size: int = 8  # rows optimised together; bounds memory (B x samples x N x V floats)
+    # Wall seconds per row: a batch of b rows stops after b * time_limit (rows share its steps),
+    # so methods can be compared at equal time. None: steps alone bound the run.
+    time_limit: float | None = None
     method_options: dict[str, dict] = field(default_factory=dict)  # per method config fields
     device: str | None = None
     dtype: str | None = None
@@ -60,6 +63,14 @@ class BenchSpec:
                 raise UsageError(f"bench needs at least one value in {name}")
         if self.batch_size < 1:
             raise UsageError("batch_size must be >= 1")
+        if self.time_limit is not None:
+            try:
+                self.time_limit = float(self.time_limit)
+            except (TypeError, ValueError):
+                raise UsageError(f"time_limit must be a number of seconds, "
+                                 f"got {self.time_limit!r}") from None
+            if not self.time_limit > 0:
+                raise UsageError(f"time_limit must be > 0 seconds, got {self.time_limit}")
 
     @property
     def steps(self) -> int:
@@ -197,8 +208,10 @@ def run_bench(spec: BenchSpec, out: str | Path, lm=None,
                 if on_row:
                     on_row(row)
 
+            limit = spec.time_limit * len(chunk) if spec.time_limit is not None else None
             results = run_inversion(lm, [t["target_ids"] for t, _ in chunk], method=job.method,
-                                    config=config, seeds=[s for _, s in chunk],
+                                    config=dataclasses.replace(config, time_limit=limit),
+                                    seeds=[s for _, s in chunk],
                                     callback=on_step, on_result=save)
             if any(r.interrupted for r in results):
                 raise KeyboardInterrupt  # Ctrl-C: rows done so far are saved; stop the grid

@@ -40,6 +40,8 @@ def add_parsers(sub) -> None:
     b.add_argument("--targets", dest="targets_file", default=None, help="targets JSONL file")
     b.add_argument("--batch-size", type=int, default=None)
     b.add_argument("--eval-every", type=int, default=None)
+    b.add_argument("--time-limit", type=float, default=None,
+                   help="wall seconds per row (a batch of b rows gets b times this)")
     b.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. --set gcg.search_width=64")
     b.add_argument("--device", default=None)
@@ -126,6 +128,7 @@ def cmd_bench(args) -> int:
         prompt_lengths=int_list(args.prompt_lengths, "--prompt-lengths"),
         budgets=int_list(args.budgets, "--budgets"), seeds=int_list(args.seeds, "--seeds"),
         targets_file=args.targets_file, batch_size=args.batch_size, eval_every=args.eval_every,
+        time_limit=args.time_limit,
         device=args.device, dtype=args.dtype,
     )
     spec = load_spec(args.preset, args.config, **overrides)

@@ -159,6 +159,24 @@ class DifferentiableLM:
                                             backward=False)
         return logits.argmax(-1) == target_ids
 
+    @torch.no_grad()
+    def hard_losses(self, prompt_ids: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
+                    chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced loss and exact-match proof of hard prompts, no gradient, in chunks.
+
+        prompt_ids: (R, N); target_ids, mask: (R, M) -> loss (R,), exact (R,) bool. `exact`
+        means every scored position's argmax is the target token, which is what greedy
+        decoding needs (see teacher_forced_hits). `chunk` rows per forward bounds memory.
+        """
+        losses, exact = [], []
+        for i in range(0, prompt_ids.shape[0], chunk):
+            sl = slice(i, i + chunk)
+            logits = self.teacher_forced_logits(self.hard_embed(prompt_ids[sl]), target_ids[sl],
+                                                backward=False)  # (r, M, V)
+            losses.append(masked_cross_entropy(logits, target_ids[sl], mask[sl]))
+            exact.append(((logits.argmax(-1) == target_ids[sl]) | ~mask[sl]).all(1))
+        return torch.cat(losses), torch.cat(exact)
+
     def target_mask(self, target_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Which target positions are scored: inside the row's length, up to its first EoS.
 

@@ -15,6 +15,7 @@ from dlmi.cli import (
     write_json_atomic,
 )
 from dlmi.errors import UsageError
+from dlmi.methods.registry import DEFAULT_METHOD
 from dlmi.options import coerce_overrides
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ def add_parser(sub) -> None:
     src.add_argument("--target", help="target text")
     src.add_argument("--target-file", help="one target per line, or JSONL with text/target_ids")
     add_model_flags(p)
-    p.add_argument("--method", default="dlmi", help="inversion method (see `dlmi methods`)")
+    p.add_argument("--method", default=DEFAULT_METHOD,
+                   help="inversion method (see `dlmi methods`); default dlmi-search")
     add_method_flags(p)
     p.add_argument("--prefix", default=None,
                    help="fixed context placed before the learnable prompt (not optimised)")

@@ -16,6 +16,7 @@ COMMON_FLAGS = {
     "tau0": (float, "initial (or fixed) temperature"),
     "eval_every": (int, "judge the prompt by greedy decoding every K steps"),
     "seed": (int, "random seed"),
+    "time_limit": (float, "wall-clock limit in seconds: stop with the best prompt found so far"),
 }
 
 
@@ -45,6 +46,8 @@ def coerce_overrides(config_class, overrides: dict) -> dict:
         if key not in fields:
             raise UsageError(f"unknown option {key!r}; options: {', '.join(sorted(fields))}")
         default = fields[key].default
+        if default is None and fields[key].type in ("float | None", float | None):
+            default = 0.0  # an optional number: checked as a float
         try:
             if isinstance(default, bool):
                 value = value if isinstance(value, bool) else parse_value(str(value))

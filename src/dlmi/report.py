@@ -45,9 +45,27 @@ def budgets_of(rows: list[dict]) -> list[int]:
 
 
 def lcs_at(row: dict, budget: int | None) -> float:
+    """Best hard LCS (greedy decode of the hard prompt) within `budget` steps (None: final)."""
     if budget is None:
         return float(row["lcs_ratio"])
     return float(row["lcs_at_budget"].get(str(budget), row["lcs_ratio"]))
+
+
+def soft_lcs_at(row: dict, budget: int | None) -> float | None:
+    """Best soft LCS (the paper's metric: argmax of the relaxed training forward) within
+    `budget` steps; None for rows without one (GCG, random search, older result files)."""
+    if row.get("soft_lcs") is None:
+        return None
+    if budget is None:
+        return float(row["soft_lcs"])
+    return float(row.get("soft_lcs_at_budget", {}).get(str(budget), row["soft_lcs"]))
+
+
+# The two metrics, never mixed: (name, per-row value at a budget, axis label).
+METRICS = (
+    ("hard", lcs_at, "hard LCS (greedy decode of hard prompt)"),
+    ("soft", soft_lcs_at, "soft LCS (relaxed forward, paper's metric)"),
+)
 
 
 def _plt():
@@ -80,25 +98,30 @@ def plot_lcs_vs_k(rows: list[dict], out: Path) -> list[Path]:
     lengths = sorted({int(r["prompt_length"]) for r in rows})
     budgets = budgets_of(rows) or [None]
     methods = sorted({r["method"] for r in rows})
-    fig, axes = plt.subplots(len(lengths), len(budgets), squeeze=False,
-                             figsize=(4.8 * len(budgets), 3.6 * len(lengths)), sharey=True)
-    for i, n in enumerate(lengths):
+    metrics = [m for m in METRICS if any(m[1](r, None) is not None for r in rows)]
+    panels = [(n, m) for n in lengths for m in metrics]  # one row of panels per (N, metric)
+    fig, axes = plt.subplots(len(panels), len(budgets), squeeze=False,
+                             figsize=(4.8 * len(budgets), 3.6 * len(panels)), sharey=True)
+    for i, (n, (metric, value, label)) in enumerate(panels):
         for j, budget in enumerate(budgets):
             ax = axes[i][j]
             for method in methods:
                 by_k = defaultdict(list)
                 for r in rows:
-                    if r["method"] == method and int(r["prompt_length"]) == n:
-                        by_k[int(r["k"])].append(lcs_at(r, budget))
+                    v = value(r, budget)
+                    if r["method"] == method and int(r["prompt_length"]) == n and v is not None:
+                        by_k[int(r["k"])].append(v)
+                if not by_k:
+                    continue
                 ks = sorted(by_k)
                 stats = [mean_se(by_k[k]) for k in ks]
                 ax.errorbar(ks, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
                             capsize=3, label=method)
             steps = f"{budget} steps" if budget else "final"
             ax.set_xticks(sorted({int(r["k"]) for r in rows}))
-            ax.set_title(f"N = {n} prompt tokens, {steps}")
+            ax.set_title(f"{metric} LCS, N = {n} prompt tokens, {steps}")
             ax.set_xlabel("target difficulty k (sampled token rank)")
-            ax.set_ylabel("LCS ratio of greedy output")
+            ax.set_ylabel(label, fontsize=8)
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
@@ -205,8 +228,8 @@ def write_method_tables(rows: list[dict], out: Path) -> list[Path]:
     for method in sorted({r["method"] for r in rows}):
         lines = [f"# {method}: learned prompts and greedy outputs ({_model_name(rows)})", "",
                  "| id | k | N | seed | target | learned prompt | prompt ppl | greedy output "
-                 "| LCS |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                 "| hard LCS | soft LCS |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in sorted((r for r in rows if r["method"] == method),
                         key=lambda r: (int(r.get("prompt_length") or 0), str(r.get("target_id")),
                                        int(r.get("seed", 0)))):
@@ -214,7 +237,7 @@ def write_method_tables(rows: list[dict], out: Path) -> list[Path]:
                 f"| {r.get('target_id', '')} | {r.get('k', '')} | {r.get('prompt_length', '')} "
                 f"| {r.get('seed', '')} | {_cell(r['target_text'])} | {_cell(r['prompt_text'])} "
                 f"| {_fmt(r.get('prompt_perplexity'))} | {_cell(r['output_text'])} "
-                f"| {r['lcs_ratio']:.2f} |")
+                f"| {r['lcs_ratio']:.2f} | {_fmt(soft_lcs_at(r, None))} |")
         path = out / f"table_{method}.md"
         path.write_text("\n".join(lines) + "\n")
         paths.append(path)
@@ -226,7 +249,7 @@ def summary_table(rows: list[dict]) -> str:
     head = ["method", "N", "k", "rows"]
     for b in budgets:
         label = f"@{b}" if b else ""
-        head += [f"LCS{label}", f"exact{label}"]
+        head += [f"LCS{label}", f"exact{label}", f"soft{label}"]
     head += ["overlap", "s/row", "GFLOP/row"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     groups = defaultdict(list)
@@ -241,7 +264,9 @@ def summary_table(rows: list[dict]) -> str:
         for b in budgets:
             m, se = mean_se([lcs_at(r, b) for r in group])
             exact = sum(lcs_at(r, b) >= 1.0 for r in group) / len(group)
-            cells += [f"{m:.2f} ± {se:.2f}", f"{exact:.0%}"]
+            soft = [v for r in group if (v := soft_lcs_at(r, b)) is not None]
+            soft_cell = "" if not soft else "{:.2f} ± {:.2f}".format(*mean_se(soft))
+            cells += [f"{m:.2f} ± {se:.2f}", f"{exact:.0%}", soft_cell]
         overlaps = [r["overlap_rate"] for r in group if r.get("overlap_rate") is not None]
         cells.append(f"{sum(overlaps) / len(overlaps):.2f}" if overlaps else "")
         cells.append(f"{sum(r['seconds'] for r in group) / len(group):.3g}")
@@ -265,8 +290,11 @@ def write_report(paths: list[Path], out: Path) -> list[Path]:
     summary = out / "summary.md"
     summary.write_text(
         f"# Summary ({_model_name(rows)}, {len(rows)} rows)\n\n"
-        "LCS: mean ± s.e. of the best LCS ratio of the greedy output at each step budget; "
-        "exact: share of rows with LCS 1.0; overlap: share of target tokens found in the "
+        "LCS: mean ± s.e. of the best LCS ratio of the greedy output of the hard prompt at "
+        "each step budget, the judge of success; exact: share of rows with LCS 1.0; soft: "
+        "the paper's metric, best LCS of the argmax of the teacher-forced logits of the "
+        "training forward under the relaxed prompt (empty for methods without one), never "
+        "success; overlap: share of target tokens found in the "
         "prompt (the cheating check, lower is better); s/row: wall seconds until the row was "
         "done; GFLOP/row: estimated matmul FLOPs it used; k = all: every difficulty.\n\n"
         + summary_table(rows) + "\n")

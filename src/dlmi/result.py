@@ -31,6 +31,11 @@ class InversionResult:
     solved_at_step: int | None = None
     interrupted: bool = False
     lcs_at_budget: dict[str, float] = field(default_factory=dict)  # step budget -> best LCS
+    # The paper's metric, never success: LCS of the argmax of the teacher-forced logits of a
+    # training forward (first sample, relaxed prompt), best over the run; None for methods
+    # whose training forward has no such logits (GCG, random search).
+    soft_lcs: float | None = None
+    soft_lcs_at_budget: dict[str, float] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)  # per evaluation point
     compute: dict = field(default_factory=dict)  # ComputeCounter of this target's share
     config: dict = field(default_factory=dict)

@@ -21,7 +21,7 @@ from dlmi.compute import ComputeCounter
 from dlmi.dlm import DifferentiableLM
 from dlmi.errors import UsageError
 from dlmi.methods.base import Batch, MethodConfig, row_generators
-from dlmi.methods.registry import get_method
+from dlmi.methods.registry import get_method, method_for
 from dlmi.metrics import lcs_ratio
 from dlmi.models import LoadedModel
 from dlmi.provenance import provenance
@@ -72,7 +72,7 @@ def target_ids_of(lm: LoadedModel, target: Target) -> list[int]:
 def run_inversion(
     lm: LoadedModel,
     targets: Sequence[Target],
-    method: str = "dlmi",
+    method: str | None = None,
     config: MethodConfig | None = None,
     seeds: Sequence[int] | None = None,
     prefix_ids: Sequence[int] | None = None,
@@ -82,12 +82,16 @@ def run_inversion(
 ) -> list[InversionResult]:
     """Invert B targets as one batch; returns one InversionResult per target, in order.
 
+    method: a registered name; None takes the method whose config class `config` is, or the
+    default method (dlmi-search) when no config is given.
+
     seeds: one per target (default: config.seed for all); the same (target, seed) gives the same
     result alone or inside a batch.
     callback: called after every step with a Progress.
     on_result: called with (target index, result) as soon as a target is done, so callers can
     save it before the rest of the batch finishes.
     """
+    method = method or method_for(config)
     cfg = make_config(method, config, **overrides)
     if not targets:
         raise UsageError("no targets given")
@@ -105,10 +109,33 @@ def run_inversion(
                 callback, on_result).run()
 
 
+@dataclass
+class _Row:
+    """What the runner tracks for one target."""
+
+    ids: list[int]
+    seed: int
+    best_lcs: float | None = None  # None until the first evaluation
+    best_prompt: list[int] = dataclasses.field(default_factory=list)
+    best_output: list[int] = dataclasses.field(default_factory=list)
+    solved_at: int | None = None
+    steps_done: int = 0
+    seconds: float = 0.0
+    history: list[dict] = dataclasses.field(default_factory=list)
+    lcs_at: dict[str, float] = dataclasses.field(default_factory=dict)
+    compute: ComputeCounter = dataclasses.field(default_factory=ComputeCounter)
+    loss: float = float("nan")
+    tau: float | None = None
+    soft_lcs: float | None = None  # of the latest step's training forward (the paper's metric)
+    best_soft_lcs: float | None = None
+    soft_lcs_at: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
 class _Run:
     def __init__(self, lm, method, ids, seeds, callback, on_result):
         self.lm, self.method, self.dlm, self.cfg = lm, method, method.dlm, method.config
-        self.ids, self.seeds, self.callback, self.on_result = ids, seeds, callback, on_result
+        self.callback, self.on_result = callback, on_result
+        self.rows = [_Row(list(i), s) for i, s in zip(ids, seeds, strict=True)]
         self.results: dict[int, InversionResult] = {}
         dev = self.dlm.device
         B, M = len(ids), max(map(len, ids))
@@ -120,22 +147,11 @@ class _Run:
         self.batch = Batch(target, self.dlm.target_mask(target, lengths),
                            row_generators(seeds, dev))
         self.active = list(range(B))  # original index of each row still in the batch
-        self.best_lcs = [-1.0] * B
-        self.best_prompt: list[list[int]] = [[] for _ in range(B)]
-        self.best_output: list[list[int]] = [[] for _ in range(B)]
-        self.solved_at: list[int | None] = [None] * B
-        self.steps_done = [0] * B
-        self.finished_s = [0.0] * B
-        self.history: list[list[dict]] = [[] for _ in range(B)]
-        self.lcs_at: list[dict[str, float]] = [{} for _ in range(B)]
-        self.compute = [ComputeCounter() for _ in range(B)]
-        self.last_loss = [float("nan")] * B
-        self.last_tau: list[float | None] = [None] * B
 
     def run(self) -> list[InversionResult]:
         cfg = self.cfg
         self.t0 = time.perf_counter()
-        interrupted = False
+        stopped = None  # "interrupted" (Ctrl-C) or "time" (time limit reached)
         state = self.method.init_state(self.batch)
         candidates = None
         try:
@@ -143,41 +159,65 @@ class _Run:
                 before = dataclasses.replace(self.dlm.compute)
                 out = self.method.step(state, self.batch, step)
                 candidates = out.candidates
-                for j, b in enumerate(self.active):
-                    self.steps_done[b] = step
-                    self.last_loss[b] = float(out.loss[j])
-                    if out.temperature is not None:
-                        self.last_tau[b] = float(out.temperature[j])
-                if step % cfg.eval_every == 0 or step == cfg.steps or step in cfg.budgets:
+                self._record_step(out, step)
+                proven = out.solved is not None and bool(out.solved.any())
+                if (step % cfg.eval_every == 0 or step == cfg.steps or step in cfg.budgets
+                        or proven):
                     self._evaluate(state, candidates, step)
                 self._charge(before)
                 for budget in cfg.budgets:
                     if budget == step:
                         for b in self.active:
-                            self.lcs_at[b][str(budget)] = self.best_lcs[b]
+                            r = self.rows[b]
+                            r.lcs_at[str(budget)] = r.best_lcs
+                            if r.best_soft_lcs is not None:
+                                r.soft_lcs_at[str(budget)] = r.best_soft_lcs
                 state = self._drop_solved(state)
                 if self.callback:
                     self.callback(self._progress(step))
                 if not self.active:
                     break
+                if cfg.time_limit is not None and self._elapsed() >= cfg.time_limit:
+                    stopped = "time"
+                    log.info("time limit of %.0f s reached after %d steps", cfg.time_limit, step)
+                    break
         except KeyboardInterrupt:
-            interrupted = True
+            stopped = "interrupted"
             log.warning("interrupted: reporting the best prompts found so far")
-        if any(self.best_lcs[b] < 0 for b in self.active):
-            # Interrupted before the first evaluation: judge the current prompts once.
-            self._evaluate(state, None, max(self.steps_done))
+        if any(self.rows[b].best_lcs is None for b in self.active):
+            # Stopped before the first evaluation: judge the current prompts once.
+            self._evaluate(state, None, max(r.steps_done for r in self.rows))
         for b in self.active:
-            self._finish(b, interrupted)
-        return [self.results[b] for b in range(len(self.ids))]
+            self._finish(b, stopped)
+        return [self.results[b] for b in range(len(self.rows))]
 
-    def _finish(self, b: int, interrupted: bool) -> None:
-        self.finished_s[b] = time.perf_counter() - self.t0
-        # Budgets not reached yet: a solved target keeps its best (anytime: it cannot drop);
-        # an interrupted one did not reach them and records nothing.
-        if self.solved_at[b] is not None or not interrupted:
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def _record_step(self, out, step: int) -> None:
+        for j, b in enumerate(self.active):
+            r = self.rows[b]
+            r.steps_done = step
+            r.loss = float(out.loss[j])
+            if out.temperature is not None:
+                r.tau = float(out.temperature[j])
+            if out.train_argmax is not None:
+                n = len(r.ids)
+                r.soft_lcs = lcs_ratio(out.train_argmax[j, :n].tolist(), r.ids)
+                r.best_soft_lcs = max(r.best_soft_lcs or 0.0, r.soft_lcs)
+
+    def _finish(self, b: int, stopped: str | None = None) -> None:
+        r = self.rows[b]
+        r.seconds = self._elapsed()
+        # Budgets not reached: a solved target keeps its best (anytime: it cannot drop); one
+        # stopped early (Ctrl-C, time limit) did not reach them and records nothing there.
+        if r.solved_at is not None or stopped is None:
             for budget in self.cfg.budgets:
-                self.lcs_at[b].setdefault(str(budget), self.best_lcs[b])
-        self.results[b] = self._result(b, interrupted and self.solved_at[b] is None)
+                r.lcs_at.setdefault(str(budget), r.best_lcs)
+                if r.best_soft_lcs is not None:
+                    r.soft_lcs_at.setdefault(str(budget), r.best_soft_lcs)
+        interrupted = stopped == "interrupted" and r.solved_at is None
+        self.results[b] = self._result(b, interrupted)
         if self.on_result:
             self.on_result(b, self.results[b])
 
@@ -186,7 +226,7 @@ class _Run:
         (they all did the same work)."""
         now, n = self.dlm.compute, len(self.active)
         for b in self.active:
-            c = self.compute[b]
+            c = self.rows[b].compute
             c.forward_passes += (now.forward_passes - before.forward_passes) // n
             c.backward_passes += (now.backward_passes - before.backward_passes) // n
             c.tokens += (now.tokens - before.tokens) // n
@@ -206,30 +246,30 @@ class _Run:
             chosen = cands[torch.arange(b, device=cands.device), score.argmax(1)]
         output = self.dlm.greedy_decode(chosen, target.shape[1])
         for j, b in enumerate(self.active):
-            n = len(self.ids[b])
-            out_ids = output[j, :n].tolist()
-            lcs = lcs_ratio(out_ids, self.ids[b])
-            if lcs > self.best_lcs[b]:
-                self.best_lcs[b] = lcs
-                self.best_prompt[b] = chosen[j].tolist()
-                self.best_output[b] = out_ids
-            if out_ids == self.ids[b] and self.solved_at[b] is None:
-                self.solved_at[b] = step
-            self.history[b].append({
-                "step": step, "loss": self.last_loss[b], "temperature": self.last_tau[b],
-                "lcs": lcs, "best_lcs": self.best_lcs[b],
-                "seconds": round(time.perf_counter() - self.t0, 3),
+            r = self.rows[b]
+            out_ids = output[j, : len(r.ids)].tolist()
+            lcs = lcs_ratio(out_ids, r.ids)
+            if r.best_lcs is None or lcs > r.best_lcs:
+                r.best_lcs = lcs
+                r.best_prompt = chosen[j].tolist()
+                r.best_output = out_ids
+            if out_ids == r.ids and r.solved_at is None:
+                r.solved_at = step
+            r.history.append({
+                "step": step, "loss": r.loss, "temperature": r.tau, "lcs": lcs,
+                "best_lcs": r.best_lcs, "soft_lcs": r.soft_lcs, "best_soft_lcs": r.best_soft_lcs,
+                "seconds": round(self._elapsed(), 3),
             })
 
     def _drop_solved(self, state):
         if not self.cfg.early_stop:
             return state
-        keep = [j for j, b in enumerate(self.active) if self.solved_at[b] is None]
+        keep = [j for j, b in enumerate(self.active) if self.rows[b].solved_at is None]
         if len(keep) == len(self.active):
             return state
         for j, b in enumerate(self.active):
             if j not in keep:
-                self._finish(b, interrupted=False)
+                self._finish(b)
         self.active = [self.active[j] for j in keep]
         if not keep:
             return state
@@ -238,29 +278,28 @@ class _Run:
         return self.method.keep(state, index)
 
     def _progress(self, step: int) -> Progress:
-        rows = self.active or range(len(self.ids))  # all done: show where they ended
-        losses = [self.last_loss[b] for b in rows]
-        taus = [self.last_tau[b] for b in rows if self.last_tau[b] is not None]
-        best = [max(x, 0.0) for x in self.best_lcs]
+        rows = [self.rows[b] for b in self.active] or self.rows  # all done: where they ended
+        taus = [r.tau for r in rows if r.tau is not None]
+        best = [r.best_lcs or 0.0 for r in self.rows]
         return Progress(step=step, steps=self.cfg.steps, active=len(self.active),
-                        total=len(self.ids), loss=sum(losses) / len(losses) if losses else 0.0,
+                        total=len(self.rows), loss=sum(r.loss for r in rows) / len(rows),
                         temperature=sum(taus) / len(taus) if taus else None,
                         best_lcs=sum(best) / len(best))
 
     def _result(self, b: int, interrupted: bool) -> InversionResult:
-        lm = self.lm
-        prompt = self.best_prompt[b]
-        prompt_text = lm.decode(prompt)
+        lm, r = self.lm, self.rows[b]
+        prompt_text = lm.decode(r.best_prompt)
         return InversionResult(
-            method=self.method.name, model=lm.spec, prompt_ids=prompt, prompt_text=prompt_text,
-            output_ids=self.best_output[b], output_text=lm.decode(self.best_output[b]),
-            target_ids=self.ids[b], target_text=lm.decode(self.ids[b]),
-            lcs_ratio=max(self.best_lcs[b], 0.0),
-            exact_match=self.best_output[b] == self.ids[b],
-            roundtrip_ok=lm.encode(prompt_text) == prompt,
-            steps=self.steps_done[b], seconds=round(self.finished_s[b], 3), seed=self.seeds[b],
-            prefix_ids=self.dlm.prefix_ids.tolist(), solved_at_step=self.solved_at[b],
-            interrupted=interrupted, lcs_at_budget=self.lcs_at[b], history=self.history[b],
-            compute=self.compute[b].as_dict(), config=self.cfg.to_dict(),
+            method=self.method.name, model=lm.spec, prompt_ids=r.best_prompt,
+            prompt_text=prompt_text, output_ids=r.best_output,
+            output_text=lm.decode(r.best_output), target_ids=r.ids,
+            target_text=lm.decode(r.ids), lcs_ratio=r.best_lcs or 0.0,
+            exact_match=r.best_output == r.ids,
+            roundtrip_ok=lm.encode(prompt_text) == r.best_prompt,
+            steps=r.steps_done, seconds=round(r.seconds, 3), seed=r.seed,
+            prefix_ids=self.dlm.prefix_ids.tolist(), solved_at_step=r.solved_at,
+            interrupted=interrupted, lcs_at_budget=r.lcs_at, soft_lcs=r.best_soft_lcs,
+            soft_lcs_at_budget=r.soft_lcs_at, history=r.history,
+            compute=r.compute.as_dict(), config=self.cfg.to_dict(),
             provenance=provenance(self.dlm.device),
         )

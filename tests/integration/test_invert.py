@@ -5,7 +5,7 @@ import dlmi
 from dlmi.errors import UsageError
 from tests.conftest import hidden_prompt_target
 
-FAST = dict(prompt_length=4, eval_every=4)
+FAST = dict(prompt_length=4, eval_every=4, method="dlmi")  # the paper's method
 
 
 def test_recovers_hidden_prompt_targets_exactly(tiny_lm):

@@ -8,9 +8,9 @@ from tests.conftest import hidden_prompt_target
 
 # Steps within which each method recovers the easy target below (hidden 4-token prompt, 3-token
 # greedy output, N = 4). Measured solve steps: dlmi 28, dlmi-notf 16, dlmi-shared-tau 8, gbda 20,
-# gcg 4, pez 4, random 12, reinforce 8, soda 8; budgets leave about 2x headroom.
+# gcg 4, pez 4, random 12, reinforce 8, soda 8, dlmi-search 2; budgets leave about 2x headroom.
 BUDGET = {"dlmi": 64, "dlmi-notf": 40, "dlmi-shared-tau": 24, "gbda": 48, "gcg": 12, "pez": 12,
-          "random": 32, "reinforce": 24, "soda": 24}
+          "random": 32, "reinforce": 24, "soda": 24, "dlmi-search": 8}
 # GCG's paper settings (top-k 256, 512 swaps) are sized for 50k-token vocabularies.
 SMALL = {"gcg": dict(top_k=32, search_width=64)}
 

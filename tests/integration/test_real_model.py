@@ -24,8 +24,8 @@ def test_default_model_loads_frozen_with_its_tokenizer(smollm2):
 def test_easy_targets_are_inverted_exactly(smollm2):
     # Measured on 2 CPU cores: " the" solved at step 28 and " of the" at step 8 (N = 10,
     # paper defaults otherwise), 40 s for a batch of four such targets; budget 64 steps.
-    results = dlmi.invert_batch(smollm2, [" the", " of the"], prompt_length=10, steps=64,
-                                eval_every=4)
+    results = dlmi.invert_batch(smollm2, [" the", " of the"], method="dlmi", prompt_length=10,
+                                steps=64, eval_every=4)
     for r in results:
         assert r.lcs_ratio == 1.0 and r.exact_match, (r.target_text, r.output_text)
         assert r.solved_at_step <= 64

@@ -19,6 +19,9 @@ def fixture_rows():
                     "exact_match": best == 1.0, "lcs_at_budget": {"4": best / 2, "8": best},
                     "overlap_rate": 0.1, "prompt_perplexity": 50.0, "steps": 8,
                     "seconds": 2.0, "compute": {"flops": 8e9},
+                    # gbda rows come from an older file without the soft metric
+                    **({"soft_lcs": 0.9, "soft_lcs_at_budget": {"4": 0.7, "8": 0.9}}
+                       if method == "dlmi" else {}),
                     "history": [{"step": s, "loss": 1.0 / s, "temperature": 100.0 / s,
                                  "lcs": best, "best_lcs": best * s / 8, "seconds": s / 4}
                                 for s in (4, 8)],
@@ -36,9 +39,13 @@ def test_every_output_is_produced(tmp_path, capsys):
             f = out / f"{name}.{ext}"
             assert f.is_file() and f.stat().st_size > 1000, f
     summary = (out / "summary.md").read_text()
-    assert "| dlmi | 10 | 1 | 2 | 0.50 ± 0.00 | 0% | 1.00 ± 0.00 | 100% |" in summary
+    # hard LCS and exact rate, then the soft LCS, at budgets 4 and 8; gbda has no soft column
+    assert ("| dlmi | 10 | 1 | 2 | 0.50 ± 0.00 | 0% | 0.70 ± 0.00 | 1.00 ± 0.00 | 100% "
+            "| 0.90 ± 0.00 |") in summary
+    assert "| gbda | 10 | 1 | 2 | 0.25 ± 0.00 | 0% |  | 0.50 ± 0.00 | 0% |  |" in summary
     table = (out / "table_dlmi.md").read_text()
     assert "a·b\\|c" in table and "out↵" in table  # whitespace visible, pipes escaped
+    assert "| 1.00 | 0.9 |" in table  # hard LCS, soft LCS
     assert (out / "table_gbda.md").is_file()
 
 

@@ -47,3 +47,20 @@ def test_reset_clears_state():
     opt.step()
     opt.reset()
     assert opt.t == 0 and opt.m[0].abs().sum() == 0 and opt.v[0].abs().sum() == 0
+
+
+def test_row_second_moment_keeps_the_ranking_of_gradients_within_a_row():
+    x = torch.zeros(1, 2, 4, requires_grad=True)
+    opt = BatchedAdam([x], lr=0.1, row_second_moment=True)
+    x.grad = torch.tensor([[[4.0, 2.0, 1.0, -1.0], [40.0, 20.0, 10.0, -10.0]]])
+    opt.step()
+    step = -x.detach()[0]
+    # Within a row the step is proportional to the gradient; across rows scale is normalised.
+    assert torch.allclose(step[0] / step[0, 0], torch.tensor([1.0, 0.5, 0.25, -0.25]))
+    assert torch.allclose(step[0], step[1], atol=1e-6)
+    # Per-element Adam would move the first three coordinates by the same lr.
+    y = torch.zeros(1, 4, requires_grad=True)
+    plain = BatchedAdam([y], lr=0.1)
+    y.grad = torch.tensor([[4.0, 2.0, 1.0, -1.0]])
+    plain.step()
+    assert torch.allclose(-y.detach()[0, :3], torch.full((3,), 0.1), atol=1e-6)

@@ -27,9 +27,12 @@ class MethodConfig:
     early_stop: bool = True  # a target leaves the batch once greedy decoding matches it exactly
     budgets: tuple[int, ...] = ()  # steps at which the best LCS so far is recorded
     seed: int = 0
+    time_limit: float | None = None  # wall seconds for the whole run; stops with the best so far
 
     def __post_init__(self):
         self.budgets = tuple(int(b) for b in self.budgets)
+        if self.time_limit is not None:
+            _positive(self, "time_limit")
         _at_least(self, "prompt_length", 1)
         _at_least(self, "steps", 1)
         _at_least(self, "eval_every", 1)
@@ -79,6 +82,12 @@ class StepOutput:
     loss: torch.Tensor  # (B,) the method's objective this step (lower is better)
     temperature: torch.Tensor | None = None  # (B,) mean effective temperature, if any
     candidates: torch.Tensor | None = None  # (B, K, N) extra hard prompts worth checking
+    # (B, M) argmax of the teacher-forced logits of this step's training forward (first sample):
+    # what the paper's figures score as LCS (soft_lcs), under the relaxed prompt. Not success.
+    train_argmax: torch.Tensor | None = None
+    # (B,) the method proved (teacher-forced hits at every position) that its current prompt
+    # reproduces the target: the runner judges it now instead of at the next evaluation point.
+    solved: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -24,18 +24,15 @@ from dlmi.optim import BatchedAdam
 
 
 @dataclass
-class DLMIConfig(MethodConfig):
+class GumbelPromptConfig(MethodConfig):
+    """Options of the learnable prompt distribution: logits Z, temperatures Phi, Adam."""
+
     samples: int = 8  # Gumbel-Softmax samples per step (Table 5 num_samples)
     lr: float = 0.1  # Adam learning rate for Z and Phi (Table 5)
     tau0: float = 100.0  # initial / fixed temperature (Table 5, DLMI(tau0=100))
     tau_eps: float = 0.01  # epsilon in tau = eps + tau0 (1 + tanh phi); the paper leaves it open
     temperature: str = "decoupled"  # one learnable tau per position (Section 3.3)
-    teacher_forcing: bool = True  # Algorithm 1 line 10; False is the DLMI-TF ablation
-    output_tau: float = 1.0  # GS temperature of fed-back outputs without teacher forcing
-    straight_through: bool = False  # hard one-hot forward, relaxed backward (Appendix A)
     init_std: float = 1.0  # Z, Phi ~ N(0, 1) (Algorithm 1 lines 1-2)
-    discretize: str = "argmax"  # or "nearest": token nearest to softmax(Z) @ W_E
-    check_samples: bool = True  # also judge the step's hard samples at evaluation points
 
     def __post_init__(self):
         super().__post_init__()
@@ -44,6 +41,18 @@ class DLMIConfig(MethodConfig):
         if self.temperature not in TEMPERATURE_MODES:
             raise UsageError(f"temperature must be one of {', '.join(TEMPERATURE_MODES)}, "
                              f"got {self.temperature!r}")
+
+
+@dataclass
+class DLMIConfig(GumbelPromptConfig):
+    teacher_forcing: bool = True  # Algorithm 1 line 10; False is the DLMI-TF ablation
+    output_tau: float = 1.0  # GS temperature of fed-back outputs without teacher forcing
+    straight_through: bool = False  # hard one-hot forward, relaxed backward (Appendix A)
+    discretize: str = "argmax"  # or "nearest": token nearest to softmax(Z) @ W_E
+    check_samples: bool = True  # also judge the step's hard samples at evaluation points
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.discretize not in ("argmax", "nearest"):
             raise UsageError(f"discretize must be argmax or nearest, got {self.discretize!r}")
 
@@ -73,7 +82,11 @@ class DLMI(Method):
             phi = per_row(batch.generators, lambda g: torch.randn(width, generator=g, device=dev))
             phi = (phi * cfg.init_std).requires_grad_(True)
             params.append(phi)
-        return DLMIState(Z, phi, BatchedAdam(params, lr=cfg.lr))
+        return DLMIState(Z, phi, self.make_optimizer(params))
+
+    def make_optimizer(self, params: list[torch.Tensor]) -> BatchedAdam:
+        """Adam over [Z] or [Z, Phi] (Algorithm 1)."""
+        return BatchedAdam(params, lr=self.config.lr)
 
     def temperature(self, state: DLMIState) -> torch.Tensor:
         """(B, N) effective temperature of each prompt position."""
@@ -86,8 +99,10 @@ class DLMI(Method):
     def surrogate(self, state: DLMIState, batch: Batch):
         """The sampled loss whose gradient is the Gumbel-Softmax estimate.
 
-        Returns loss (B,) averaged over the step's samples, the temperatures (B, N) and the
-        hard samples (B, S, N) behind the relaxed ones (argmax of Z + g).
+        Returns loss (B,) averaged over the step's samples, the temperatures (B, N), the
+        hard samples (B, S, N) behind the relaxed ones (argmax of Z + g), each sample's loss
+        (B, S), the argmax of the first sample's logits (B, M), the paper's LCS input, and
+        whether each sample's argmax hits every scored target position (B, S).
         """
         cfg = self.config
         Z = state.Z
@@ -107,13 +122,16 @@ class DLMI(Method):
             logits = self.dlm.free_running_logits(
                 prompt, targets.shape[1], gens, tau=cfg.output_tau, hard=cfg.straight_through,
                 soft_positions=N)
-        loss = masked_cross_entropy(logits, targets, mask).view(B, S).mean(1)  # (B,)
+        per_sample = masked_cross_entropy(logits, targets, mask).view(B, S)  # (B, S)
         with torch.no_grad():
             samples = (Z.detach()[:, None] + noise).argmax(-1)  # (B, S, N)
-        return loss, tau, samples
+            argmax = logits.detach().argmax(-1)  # (B*S, M)
+            all_hit = ((argmax == targets) | ~mask).all(1).view(B, S)
+            train_argmax = argmax.view(B, S, -1)[:, 0]
+        return per_sample.mean(1), tau, samples, per_sample.detach(), train_argmax, all_hit
 
     def step(self, state: DLMIState, batch: Batch, step: int) -> StepOutput:
-        loss, tau, samples = self.surrogate(state, batch)
+        loss, tau, samples, _, train_argmax, _ = self.surrogate(state, batch)
         state.optimizer.zero_grad()
         # Sum over rows: each row's gradient is its own (rows share no parameters).
         loss.sum().backward()
@@ -122,6 +140,7 @@ class DLMI(Method):
             loss=loss.detach(),
             temperature=tau.detach().mean(1),
             candidates=samples if self.config.check_samples else None,
+            train_argmax=train_argmax,
         )
 
     @torch.no_grad()

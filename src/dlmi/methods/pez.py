@@ -65,7 +65,7 @@ class PEZ(Method):
         state.optimizer.zero_grad()
         state.P.grad = grad  # straight-through: the projection's gradient moves P
         state.optimizer.step()
-        return StepOutput(loss=loss.detach())
+        return StepOutput(loss=loss.detach(), train_argmax=logits.detach().argmax(-1))
 
     def current_prompts(self, state: PEZState) -> torch.Tensor:
         return self.project(state.P.detach())

@@ -19,6 +19,20 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
+DEFAULT_METHOD = "dlmi-search"  # what `dlmi invert` and dlmi.invert use when none is named
+
+
+def method_for(config=None) -> str:
+    """The method a config belongs to (its exact class), or the default without a config."""
+    if config is None:
+        return DEFAULT_METHOD
+    _load_builtin()
+    for name, cls in _METHODS.items():
+        if type(config) is cls.config_class:
+            return name
+    raise UsageError(f"no method takes a {type(config).__name__}: pass method=NAME")
+
+
 def get_method(name: str) -> type:
     _load_builtin()
     if name not in _METHODS:
@@ -28,4 +42,4 @@ def get_method(name: str) -> type:
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
-    from dlmi.methods import dlmi_method, gcg, pez, random_search, reinforce, soda  # noqa: F401
+    from dlmi.methods import dlmi_method, dlmi_search, gcg, pez, random_search, reinforce, soda  # noqa: F401

@@ -88,7 +88,8 @@ class SODA(Method):
                 state.optimizer.reset()
             elif step % cfg.reset_every == 0:
                 state.optimizer.reset()
-        return StepOutput(loss=loss.detach(), temperature=torch.full_like(loss, cfg.temperature))
+        return StepOutput(loss=loss.detach(), temperature=torch.full_like(loss, cfg.temperature),
+                          train_argmax=logits.detach().argmax(-1))
 
     @torch.no_grad()
     def current_prompts(self, state: SODAState) -> torch.Tensor:

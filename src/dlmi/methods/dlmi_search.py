@@ -1,0 +1,241 @@
+"""DLMI with hard-prompt search: the paper's Gumbel-Softmax gradient on the prompt logits Z,
+plus, every step, a search over hard prompts that the learned distribution proposes.
+
+Why: the relaxed prompt of Algorithm 1 can have a low loss that no single token sequence
+realises (the relaxation gap), and one backward pass costs about three no-grad forwards. So
+each step here
+  1. takes the DLMI gradient step on Z and the decoupled temperatures Phi with a straight-
+     through forward: forward values are one-hot (the incumbent, the "anchor", and S - 1
+     Gumbel samples of Z), so their losses are real hard losses, scored for free, while the
+     gradient flows through softmax((Z + g) / tau) as in DLMI. Z's Adam keeps one second
+     moment per position, so Z accumulates the ranking of tokens by their gradient;
+  2. scores `swaps` single-token changes of the incumbent in one no-grad teacher-forced
+     batch, each new token drawn uniformly from the top_k tokens of Z at a uniform position
+     (or of the anchor's own gradient, as GCG does): the learned distribution proposes, the
+     real loss decides;
+  3. moves to the best prompt of the step when it improves, or, after `patience` steps
+     without improvement, to the best proposal anyway; keeps the best prompt so far and
+     reports it solved as soon as its argmax hits every target position, which proves that
+     greedy decoding reproduces the target.
+The runner still judges every prompt by greedy decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from dlmi.dlm import masked_cross_entropy
+from dlmi.errors import UsageError
+from dlmi.estimators import gumbel_noise
+from dlmi.methods.base import Batch, StepOutput, _at_least, per_row
+from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
+from dlmi.methods.registry import register
+from dlmi.optim import BatchedAdam
+
+PROPOSALS = ("z", "gradient", "both")
+
+
+@dataclass
+class DLMISearchConfig(GumbelPromptConfig):
+    # Defaults measured on our own Algorithm 2 targets (seed 7, benchmarks/tuning/), never on
+    # the presets' targets; README "Defaults of dlmi-search" states the same values.
+    samples: int = 1  # straight-through rows per gradient step; 1 = the anchor alone (sweep 1)
+    lr: float = 0.1  # Adam on Z and Phi (Table 5)
+    tau0: float = 100.0  # Table 5
+    init_std: float = 0.01  # Z ~ N(0, 0.01^2): accumulated gradients, not the draw, rank tokens
+    swaps: int = 32  # proposals scored per step: with the anchor, GCG's cost per step at width 32
+    anchor: bool = True  # sample 0 of the gradient forward is the incumbent itself
+    proposal: str = "z"  # swap tokens drawn from the top_k of: z, gradient (anchor's), both
+    top_k: int = 256  # tokens per position that swaps draw from, uniformly (GCG's 256)
+    row_adam: bool = True  # Z's Adam keeps one second moment per position: Z ranks tokens
+    # Steps without a better prompt before the search moves to the step's best proposal
+    # anyway (as GCG does every step), to leave a local minimum; the best is kept. 0: never.
+    patience: int = 4
+    chunk_size: int = 64  # prompts per no-grad forward: bounds memory
+
+    def __post_init__(self):
+        super().__post_init__()
+        _at_least(self, "swaps", 0)
+        _at_least(self, "chunk_size", 1)
+        _at_least(self, "top_k", 1)
+        _at_least(self, "patience", 0)
+        if self.proposal not in PROPOSALS:
+            raise UsageError(f"proposal must be one of {', '.join(PROPOSALS)}, "
+                             f"got {self.proposal!r}: change --set proposal=VALUE")
+        if self.proposal != "z" and not self.anchor:
+            raise UsageError("gradient proposals need the anchor: set --set anchor=true "
+                             "or --set proposal=z")
+
+
+@dataclass
+class DLMISearchState(DLMIState):
+    incumbent: torch.Tensor | None = None  # (B, N) best hard prompt so far
+    incumbent_loss: torch.Tensor | None = None  # (B,) its teacher-forced loss
+    incumbent_exact: torch.Tensor | None = None  # (B,) bool: proven to decode to the target
+    best: torch.Tensor | None = None  # (B, N) lowest-loss (exact first) hard prompt so far
+    best_loss: torch.Tensor | None = None  # (B,)
+    best_exact: torch.Tensor | None = None  # (B,)
+    stall: torch.Tensor | None = None  # (B,) steps since the best last improved
+
+
+@register
+class DLMISearch(DLMI):
+    name = "dlmi-search"
+    description = ("DLMI's straight-through gradient on Z + a search over hard prompts "
+                   "proposed by Z's top tokens (the default)")
+    config_class = DLMISearchConfig
+
+    def init_state(self, batch: Batch) -> DLMISearchState:
+        base = super().init_state(batch)
+        return DLMISearchState(base.Z, base.phi, base.optimizer)
+
+    def make_optimizer(self, params: list[torch.Tensor]) -> BatchedAdam:
+        # Z (first) with one second moment per position, so top-k of Z ranks tokens by their
+        # accumulated gradient; Phi per element as in DLMI.
+        rows = [self.config.row_adam] + [False] * (len(params) - 1)
+        return BatchedAdam(params, lr=self.config.lr, row_second_moment=rows)
+
+    def step(self, state: DLMISearchState, batch: Batch, step: int) -> StepOutput:
+        cfg = self.config
+        B = batch.size
+        rows = torch.arange(B, device=self.dlm.device)
+        dev = self.dlm.device
+        if state.incumbent is None:  # the first incumbent is Z's argmax, not yet scored
+            state.incumbent = state.best = state.Z.detach().argmax(-1)
+            state.incumbent_loss = state.best_loss = torch.full((B,), float("inf"), device=dev)
+            state.incumbent_exact = state.best_exact = torch.zeros(B, dtype=torch.bool,
+                                                                   device=dev)
+            state.stall = torch.zeros(B, dtype=torch.long, device=dev)
+        samples, sample_loss, sample_exact, tau, train_argmax, grad = self._gradient_step(
+            state, batch)
+        with torch.no_grad():
+            pools = [state.incumbent[:, None], samples]
+            losses = [state.incumbent_loss[:, None], sample_loss]
+            exacts = [state.incumbent_exact[:, None], sample_exact]
+            if cfg.swaps:
+                cand = self._propose(state, batch, grad)  # (B, W, N)
+                cand_loss, cand_exact = self._score(cand, batch)
+                pools.append(cand)
+                losses.append(cand_loss)
+                exacts.append(cand_exact)
+            pool = torch.cat(pools, 1)  # (B, K, N); the incumbent first, so ties keep it
+            pool_loss = torch.cat(losses, 1)  # (B, K)
+            pool_exact = torch.cat(exacts, 1)
+            # An exact prompt beats any inexact one, then the lower loss.
+            key = pool_loss - pool_exact.float() * 1e9  # (B, K)
+            top = key.argmin(1)
+            improved = key[rows, top] < (state.best_loss - state.best_exact.float() * 1e9)
+            state.stall = torch.where(improved, 0, state.stall + 1)
+            self._set(state, "best", improved, pool[rows, top], pool_loss[rows, top],
+                      pool_exact[rows, top])
+            # Move to the step's best proposal when it improves, or when stalled too long.
+            move = key[:, 1:].argmin(1) + 1  # best of everything but the incumbent
+            kick = (state.stall >= cfg.patience) if cfg.patience else torch.zeros_like(improved)
+            choice = torch.where(kick, move, top)
+            self._set(state, "incumbent", torch.ones_like(improved), pool[rows, choice],
+                      pool_loss[rows, choice], pool_exact[rows, choice])
+            state.stall = torch.where(kick, 0, state.stall)
+        return StepOutput(loss=state.best_loss.clone(), temperature=tau.detach().mean(1),
+                          train_argmax=train_argmax, solved=state.best_exact.clone())
+
+    @staticmethod
+    def _set(state, name: str, where: torch.Tensor, prompts, loss, exact) -> None:
+        """Overwrite state.<name>, <name>_loss and <name>_exact in the rows `where` (B,)."""
+        setattr(state, name, torch.where(where[:, None], prompts, getattr(state, name)))
+        setattr(state, name + "_loss", torch.where(where, loss, getattr(state, name + "_loss")))
+        setattr(state, name + "_exact",
+                torch.where(where, exact, getattr(state, name + "_exact")))
+
+    def _gradient_step(self, state: DLMISearchState, batch: Batch):
+        """One Adam step on Z and Phi from S straight-through Gumbel-Softmax samples.
+
+        Forward values are one-hot, so each sample's loss is its real hard loss; with the
+        anchor, sample 0 is the incumbent (its gradient through softmax((Z + g) / tau) still
+        reaches Z). Returns the samples (B, S, N), their losses and exactness (B, S), the
+        temperatures (B, N), the argmax of sample 0's logits (B, M) and the gradient of the
+        loss w.r.t. the anchor's one-hot input (B, N, V), or None without the anchor.
+        """
+        cfg = self.config
+        Z = state.Z
+        B, N, V = Z.shape
+        S = cfg.samples
+        noise = per_row(batch.generators,
+                        lambda g: gumbel_noise((S, N, V), g, Z.device, Z.dtype))  # (B, S, N, V)
+        tau = self.temperature(state)  # (B, N)
+        soft = torch.softmax((Z[:, None] + noise) / tau[:, None, :, None], -1)  # (B, S, N, V)
+        with torch.no_grad():
+            samples = soft.argmax(-1)  # (B, S, N), = argmax(Z + g)
+            if cfg.anchor:
+                samples[:, 0] = state.incumbent
+            one_hot = torch.zeros_like(soft).scatter_(-1, samples[..., None], 1.0)
+        p = one_hot - soft.detach() + soft  # straight-through: hard forward, relaxed backward
+        p.retain_grad()
+        targets = batch.target_ids.repeat_interleave(S, 0)  # (B*S, M)
+        mask = batch.mask.repeat_interleave(S, 0)
+        logits = self.dlm.teacher_forced_logits(self.dlm.soft_embed(p.view(B * S, N, V)),
+                                                targets, soft_positions=N)
+        per_sample = masked_cross_entropy(logits, targets, mask).view(B, S)
+        state.optimizer.zero_grad()
+        # Sum over rows: each row's gradient is its own (rows share no parameters).
+        per_sample.mean(1).sum().backward()
+        state.optimizer.step()
+        with torch.no_grad():
+            argmax = logits.detach().argmax(-1)  # (B*S, M)
+            exact = ((argmax == targets) | ~mask).all(1).view(B, S)
+            grad = p.grad[:, 0] * S if cfg.anchor else None  # undo the mean over samples
+        return (samples, per_sample.detach(), exact, tau.detach(), argmax.view(B, S, -1)[:, 0],
+                grad)
+
+    def _propose(self, state: DLMISearchState, batch: Batch,
+                 grad: torch.Tensor | None) -> torch.Tensor:
+        """Single-token changes of the incumbent: (B, W, N). Position uniform; the new token
+        drawn from softmax(Z / swap_temperature) at that position (proposal z), or uniformly
+        from the top_k tokens of most negative anchor gradient there (proposal gradient, as
+        in GCG), or half of each (both)."""
+        cfg = self.config
+        Z = state.Z.detach()  # (B, N, V)
+        B, N, V = Z.shape
+        W, dev = cfg.swaps, Z.device
+        pos = per_row(batch.generators,
+                      lambda g: torch.randint(N, (W,), generator=g, device=dev))  # (B, W)
+        k = min(cfg.top_k, V)
+        pick = per_row(batch.generators,
+                       lambda g: torch.randint(k, (W,), generator=g, device=dev))  # (B, W)
+
+        def draw(scores):  # (B, N, V) -> (B, W): a uniform pick among the row's top k
+            top = scores.topk(k, dim=-1).indices  # (B, N, k)
+            return top.gather(1, pos[..., None].expand(B, W, k)).gather(
+                2, pick[..., None]).squeeze(-1)
+
+        if cfg.proposal == "z":
+            tokens = draw(Z)
+        elif cfg.proposal == "gradient":
+            tokens = draw(-grad)
+        else:  # both: even swaps from the gradient, odd ones from Z
+            tokens = torch.where(torch.arange(W, device=dev) % 2 == 0, draw(-grad), draw(Z))
+        cand = state.incumbent[:, None].repeat(1, W, 1)
+        cand.scatter_(2, pos[..., None], tokens[..., None])
+        return cand
+
+    def _score(self, cand: torch.Tensor, batch: Batch):
+        """cand (B, K, N) -> loss (B, K), exact (B, K) from one no-grad teacher-forced batch."""
+        B, K, N = cand.shape
+        loss, exact = self.dlm.hard_losses(
+            cand.reshape(B * K, N), batch.target_ids.repeat_interleave(K, 0),
+            batch.mask.repeat_interleave(K, 0), self.config.chunk_size)
+        return loss.view(B, K), exact.view(B, K)
+
+    @torch.no_grad()
+    def current_prompts(self, state: DLMISearchState) -> torch.Tensor:
+        if state.best is None:  # before the first step
+            return state.Z.detach().argmax(-1)
+        return state.best
+
+    def keep(self, state: DLMISearchState, index: torch.Tensor) -> DLMISearchState:
+        base = super().keep(state, index)
+        rows = {f.name: None if getattr(state, f.name) is None else getattr(state, f.name)[index]
+                for f in fields(DLMISearchState) if f.name not in ("Z", "phi", "optimizer")}
+        return DLMISearchState(base.Z, base.phi, base.optimizer, **rows)
+
