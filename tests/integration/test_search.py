@@ -130,3 +130,33 @@ def test_invert_defaults_to_dlmi_search():
 
     args = build_parser().parse_args(["invert", "--target", "x"])
     assert args.method == "dlmi-search"
+
+
+def _drive(lm, steps: int, **options):
+    """Run dlmi-search's steps by hand; yields the state after each step."""
+    from dlmi.methods.base import Batch
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    dlm = DifferentiableLM(lm)
+    method = DLMISearch(DLMISearchConfig(prompt_length=4, **options), dlm)
+    target = torch.tensor([hidden_prompt_target(lm, 9, target_len=8)])
+    batch = Batch(target, torch.ones_like(target, dtype=torch.bool),
+                  row_generators([0], torch.device("cpu")))
+    state = method.init_state(batch)
+    for step in range(1, steps + 1):
+        method.step(state, batch, step)
+        yield state
+
+
+def test_patience_moves_the_search_but_keeps_the_best(tiny_lm):
+    still = list(_clone_states(_drive(tiny_lm, 12, swaps=4, patience=0)))
+    assert all(torch.equal(inc, best) for inc, best, _ in still)
+    moved = list(_clone_states(_drive(tiny_lm, 12, swaps=4, patience=1)))
+    assert any(not torch.equal(inc, best) for inc, best, _ in moved)  # it left the best
+    best_losses = [loss for _, _, loss in moved]
+    assert all(b <= a for a, b in zip(best_losses, best_losses[1:]))  # the best never worsens
+
+
+def _clone_states(states):
+    for s in states:
+        yield s.incumbent.clone(), s.best.clone(), float(s.best_loss[0])

@@ -100,17 +100,14 @@ class DLMI(Method):
         """The sampled loss whose gradient is the Gumbel-Softmax estimate.
 
         Returns loss (B,) averaged over the step's samples, the temperatures (B, N), the
-        hard samples (B, S, N) behind the relaxed ones (argmax of Z + g), each sample's loss
-        (B, S), the argmax of the first sample's logits (B, M), the paper's LCS input, and
-        whether each sample's argmax hits every scored target position (B, S).
+        hard samples (B, S, N) behind the relaxed ones (argmax of Z + g) and the argmax of the
+        first sample's logits (B, M), the paper's LCS input.
         """
         cfg = self.config
         Z = state.Z
         B, N, V = Z.shape
         S = cfg.samples
-        noise = per_row(batch.generators,
-                        lambda g: gumbel_noise((S, N, V), g, Z.device, Z.dtype))  # (B, S, N, V)
-        tau = self.temperature(state)  # (B, N)
+        noise, tau = self.draw(state, batch)
         p = gumbel_softmax(Z[:, None], tau[:, None, :, None], noise, hard=cfg.straight_through)
         prompt = self.dlm.soft_embed(p.reshape(B * S, N, V))  # (B*S, N, d)
         targets = batch.target_ids.repeat_interleave(S, dim=0)  # (B*S, M)
@@ -122,16 +119,22 @@ class DLMI(Method):
             logits = self.dlm.free_running_logits(
                 prompt, targets.shape[1], gens, tau=cfg.output_tau, hard=cfg.straight_through,
                 soft_positions=N)
-        per_sample = masked_cross_entropy(logits, targets, mask).view(B, S)  # (B, S)
+        loss = masked_cross_entropy(logits, targets, mask).view(B, S).mean(1)  # (B,)
         with torch.no_grad():
             samples = (Z.detach()[:, None] + noise).argmax(-1)  # (B, S, N)
-            argmax = logits.detach().argmax(-1)  # (B*S, M)
-            all_hit = ((argmax == targets) | ~mask).all(1).view(B, S)
-            train_argmax = argmax.view(B, S, -1)[:, 0]
-        return per_sample.mean(1), tau, samples, per_sample.detach(), train_argmax, all_hit
+            train_argmax = logits.detach().view(B, S, -1, logits.shape[-1])[:, 0].argmax(-1)
+        return loss, tau, samples, train_argmax
+
+    def draw(self, state: DLMIState, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's Gumbel noise (B, S, N, V), row b's from row b's generator, and the
+        temperatures (B, N)."""
+        Z = state.Z
+        noise = per_row(batch.generators, lambda g: gumbel_noise(
+            (self.config.samples, *Z.shape[1:]), g, Z.device, Z.dtype))
+        return noise, self.temperature(state)
 
     def step(self, state: DLMIState, batch: Batch, step: int) -> StepOutput:
-        loss, tau, samples, _, train_argmax, _ = self.surrogate(state, batch)
+        loss, tau, samples, train_argmax = self.surrogate(state, batch)
         state.optimizer.zero_grad()
         # Sum over rows: each row's gradient is its own (rows share no parameters).
         loss.sum().backward()

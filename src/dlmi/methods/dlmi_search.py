@@ -28,7 +28,7 @@ import torch
 
 from dlmi.dlm import masked_cross_entropy
 from dlmi.errors import UsageError
-from dlmi.estimators import gumbel_noise
+from dlmi.estimators import gumbel_softmax
 from dlmi.methods.base import Batch, StepOutput, _at_least, per_row
 from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
 from dlmi.methods.registry import register
@@ -51,8 +51,9 @@ class DLMISearchConfig(GumbelPromptConfig):
     top_k: int = 256  # tokens per position that swaps draw from, uniformly (GCG's 256)
     row_adam: bool = True  # Z's Adam keeps one second moment per position: Z ranks tokens
     # Steps without a better prompt before the search moves to the step's best proposal
-    # anyway (as GCG does every step), to leave a local minimum; the best is kept. 0: never.
-    patience: int = 4
+    # anyway (as GCG does every step), to leave a local minimum; the best is kept. 0: never
+    # (the measured setting; moves on stalls are not yet measured on the default model).
+    patience: int = 0
     chunk_size: int = 64  # prompts per no-grad forward: bounds memory
 
     def __post_init__(self):
@@ -111,9 +112,12 @@ class DLMISearch(DLMI):
         samples, sample_loss, sample_exact, tau, train_argmax, grad = self._gradient_step(
             state, batch)
         with torch.no_grad():
-            pools = [state.incumbent[:, None], samples]
-            losses = [state.incumbent_loss[:, None], sample_loss]
-            exacts = [state.incumbent_exact[:, None], sample_exact]
+            if cfg.anchor:  # sample 0 is the incumbent, just scored by the training forward
+                pools, losses, exacts = [samples], [sample_loss], [sample_exact]
+            else:
+                pools = [state.incumbent[:, None], samples]
+                losses = [state.incumbent_loss[:, None], sample_loss]
+                exacts = [state.incumbent_exact[:, None], sample_exact]
             if cfg.swaps:
                 cand = self._propose(state, batch, grad)  # (B, W, N)
                 cand_loss, cand_exact = self._score(cand, batch)
@@ -131,8 +135,9 @@ class DLMISearch(DLMI):
             self._set(state, "best", improved, pool[rows, top], pool_loss[rows, top],
                       pool_exact[rows, top])
             # Move to the step's best proposal when it improves, or when stalled too long.
-            move = key[:, 1:].argmin(1) + 1  # best of everything but the incumbent
             kick = (state.stall >= cfg.patience) if cfg.patience else torch.zeros_like(improved)
+            kick &= pool.shape[1] > 1
+            move = key[:, 1:].argmin(1) + 1 if pool.shape[1] > 1 else top  # all but incumbent
             choice = torch.where(kick, move, top)
             self._set(state, "incumbent", torch.ones_like(improved), pool[rows, choice],
                       pool_loss[rows, choice], pool_exact[rows, choice])
@@ -161,10 +166,8 @@ class DLMISearch(DLMI):
         Z = state.Z
         B, N, V = Z.shape
         S = cfg.samples
-        noise = per_row(batch.generators,
-                        lambda g: gumbel_noise((S, N, V), g, Z.device, Z.dtype))  # (B, S, N, V)
-        tau = self.temperature(state)  # (B, N)
-        soft = torch.softmax((Z[:, None] + noise) / tau[:, None, :, None], -1)  # (B, S, N, V)
+        noise, tau = self.draw(state, batch)  # (B, S, N, V), (B, N)
+        soft = gumbel_softmax(Z[:, None], tau[:, None, :, None], noise)  # (B, S, N, V)
         with torch.no_grad():
             samples = soft.argmax(-1)  # (B, S, N), = argmax(Z + g)
             if cfg.anchor:
