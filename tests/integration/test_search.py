@@ -160,3 +160,22 @@ def test_patience_moves_the_search_but_keeps_the_best(tiny_lm):
 def _clone_states(states):
     for s in states:
         yield s.incumbent.clone(), s.best.clone(), float(s.best_loss[0])
+
+
+def test_rejected_swaps_leave_the_top_of_z(tiny_lm, monkeypatch):
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    seen = {}
+    real_forget = DLMISearch._forget
+
+    def spy(state, pos, tokens, rejected):
+        real_forget(state, pos, tokens, rejected)
+        seen.update(Z=state.Z.detach().clone(), pos=pos, tokens=tokens, rejected=rejected)
+
+    monkeypatch.setattr(DLMISearch, "_forget", staticmethod(spy))
+    list(_drive(tiny_lm, 3, swaps=8))
+    Z, rejected = seen["Z"], seen["rejected"]
+    assert rejected.any()
+    b, w = rejected.nonzero(as_tuple=True)
+    p, t = seen["pos"][b, w], seen["tokens"][b, w]
+    assert torch.equal(Z[b, p, t], Z[b, p].amin(-1))

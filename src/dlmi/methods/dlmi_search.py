@@ -12,7 +12,7 @@ each step here
   2. scores `swaps` single-token changes of the incumbent in one no-grad teacher-forced
      batch, each new token drawn uniformly from the top_k tokens of Z at a uniform position
      (or of the anchor's own gradient, as GCG does): the learned distribution proposes, the
-     real loss decides;
+     real loss decides, and a swap that does no better leaves Z's top tokens;
   3. moves to the best prompt of the step when it improves, or, after `patience` steps
      without improvement, to the best proposal anyway; keeps the best prompt so far and
      reports it solved as soon as its argmax hits every target position, which proves that
@@ -51,9 +51,12 @@ class DLMISearchConfig(GumbelPromptConfig):
     top_k: int = 256  # tokens per position that swaps draw from, uniformly (GCG's 256)
     row_adam: bool = True  # Z's Adam keeps one second moment per position: Z ranks tokens
     # Steps without a better prompt before the search moves to the step's best proposal
-    # anyway (as GCG does every step), to leave a local minimum; the best is kept. 0: never
-    # (the measured setting; moves on stalls are not yet measured on the default model).
-    patience: int = 0
+    # anyway, to leave a local minimum (1: as GCG, which moves every step); the best so far
+    # is kept. 0: never move to a worse prompt.
+    patience: int = 1
+    # A proposal that scored no better than the incumbent leaves Z's top tokens, so a stalled
+    # search explores instead of redrawing the same rejected swaps (z proposals only).
+    forget_rejected: bool = True
     chunk_size: int = 64  # prompts per no-grad forward: bounds memory
 
     def __post_init__(self):
@@ -119,8 +122,10 @@ class DLMISearch(DLMI):
                 losses = [state.incumbent_loss[:, None], sample_loss]
                 exacts = [state.incumbent_exact[:, None], sample_exact]
             if cfg.swaps:
-                cand = self._propose(state, batch, grad)  # (B, W, N)
+                cand, pos, tokens = self._propose(state, batch, grad)  # (B, W, N), (B, W) x2
                 cand_loss, cand_exact = self._score(cand, batch)
+                if cfg.forget_rejected and cfg.proposal != "gradient":
+                    self._forget(state, pos, tokens, cand_loss >= losses[0][:, :1])
                 pools.append(cand)
                 losses.append(cand_loss)
                 exacts.append(cand_exact)
@@ -193,10 +198,10 @@ class DLMISearch(DLMI):
 
     def _propose(self, state: DLMISearchState, batch: Batch,
                  grad: torch.Tensor | None) -> torch.Tensor:
-        """Single-token changes of the incumbent: (B, W, N). Position uniform; the new token
-        drawn from softmax(Z / swap_temperature) at that position (proposal z), or uniformly
-        from the top_k tokens of most negative anchor gradient there (proposal gradient, as
-        in GCG), or half of each (both)."""
+        """Single-token changes of the incumbent: (B, W, N), and their positions and new
+        tokens (B, W). Position uniform; the new token drawn uniformly from the top_k tokens
+        of Z at that position (proposal z), or of the anchor's negative gradient (proposal
+        gradient, as in GCG), or half of each (both)."""
         cfg = self.config
         Z = state.Z.detach()  # (B, N, V)
         B, N, V = Z.shape
@@ -220,7 +225,19 @@ class DLMISearch(DLMI):
             tokens = torch.where(torch.arange(W, device=dev) % 2 == 0, draw(-grad), draw(Z))
         cand = state.incumbent[:, None].repeat(1, W, 1)
         cand.scatter_(2, pos[..., None], tokens[..., None])
-        return cand
+        return cand, pos, tokens
+
+    @staticmethod
+    def _forget(state: DLMISearchState, pos: torch.Tensor, tokens: torch.Tensor,
+                rejected: torch.Tensor) -> None:
+        """Swaps that scored no better than the incumbent drop out of Z's top tokens: their
+        logit is set to the position's minimum, so the next proposals try other tokens (the
+        gradient can raise it again). pos, tokens, rejected: (B, W)."""
+        Z = state.Z.data  # (B, N, V); an edit of the parameter, not a gradient step
+        b, w = rejected.nonzero(as_tuple=True)
+        if b.numel():
+            p, t = pos[b, w], tokens[b, w]
+            Z[b, p, t] = Z[b, p].amin(-1)
 
     def _score(self, cand: torch.Tensor, batch: Batch):
         """cand (B, K, N) -> loss (B, K), exact (B, K) from one no-grad teacher-forced batch."""
