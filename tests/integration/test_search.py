@@ -154,7 +154,8 @@ def test_patience_moves_the_search_but_keeps_the_best(tiny_lm):
     moved = list(_clone_states(_drive(tiny_lm, 12, swaps=4, patience=1)))
     assert any(not torch.equal(inc, best) for inc, best, _ in moved)  # it left the best
     best_losses = [loss for _, _, loss in moved]
-    assert all(b <= a for a, b in zip(best_losses, best_losses[1:]))  # the best never worsens
+    pairs = zip(best_losses[:-1], best_losses[1:], strict=True)
+    assert all(b <= a for a, b in pairs)  # the best never worsens
 
 
 def _clone_states(states):
