@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--methods", default="dlmi,gbda,reinforce,soda,gcg")
+    p.add_argument("--methods", default="dlmi-search,dlmi,gbda,reinforce,soda,gcg")
     p.add_argument("--targets", type=int, default=5)
     p.add_argument("--target-length", type=int, default=10)
     p.add_argument("--prompt-length", type=int, default=10)
