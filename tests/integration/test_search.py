@@ -180,3 +180,15 @@ def test_rejected_swaps_leave_the_top_of_z(tiny_lm, monkeypatch):
     b, w = rejected.nonzero(as_tuple=True)
     p, t = seen["pos"][b, w], seen["tokens"][b, w]
     assert torch.equal(Z[b, p, t], Z[b, p].amin(-1))
+
+
+def test_a_config_selects_its_method_and_no_config_the_default(tiny_lm):
+    from dlmi.methods.gcg import GCGConfig
+
+    target = hidden_prompt_target(tiny_lm, 1, target_len=3)
+    assert dlmi.invert(tiny_lm, target, prompt_length=4, steps=1).method == "dlmi-search"
+    paper = dlmi.invert(tiny_lm, target, dlmi.DLMIConfig(prompt_length=4, steps=1))
+    assert paper.method == "dlmi"
+    gcg = dlmi.invert(tiny_lm, target, GCGConfig(prompt_length=4, steps=1, top_k=8,
+                                                 search_width=8))
+    assert gcg.method == "gcg"
