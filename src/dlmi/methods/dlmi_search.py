@@ -75,7 +75,7 @@ class DLMISearchConfig(GumbelPromptConfig):
 
 @dataclass
 class DLMISearchState(DLMIState):
-    incumbent: torch.Tensor | None = None  # (B, N) best hard prompt so far
+    incumbent: torch.Tensor | None = None  # (B, N) the hard prompt the search stands on
     incumbent_loss: torch.Tensor | None = None  # (B,) its teacher-forced loss
     incumbent_exact: torch.Tensor | None = None  # (B,) bool: proven to decode to the target
     best: torch.Tensor | None = None  # (B, N) lowest-loss (exact first) hard prompt so far

@@ -83,20 +83,13 @@ class GCG(IncumbentSearch):
         (grad,) = torch.autograd.grad(loss.sum(), one_hot)
         return loss.detach(), grad
 
-    @torch.no_grad()
     def candidate_losses(self, cand: torch.Tensor, batch: Batch) -> torch.Tensor:
         """cand (B, W, N) -> teacher-forced loss (B, W), evaluated chunk by chunk."""
         B, W, N = cand.shape
-        flat = cand.reshape(B * W, N)
-        targets = batch.target_ids.repeat_interleave(W, 0)
-        masks = batch.mask.repeat_interleave(W, 0)
-        out = []
-        for i in range(0, B * W, self.config.chunk_size):
-            sl = slice(i, i + self.config.chunk_size)
-            logits = self.dlm.teacher_forced_logits(self.dlm.hard_embed(flat[sl]), targets[sl],
-                                                    backward=False)
-            out.append(masked_cross_entropy(logits, targets[sl], masks[sl]))
-        return torch.cat(out).view(B, W)
+        loss, _ = self.dlm.hard_losses(cand.reshape(B * W, N),
+                                       batch.target_ids.repeat_interleave(W, 0),
+                                       batch.mask.repeat_interleave(W, 0), self.config.chunk_size)
+        return loss.view(B, W)
 
     def step(self, state: IncumbentState, batch: Batch, step: int) -> StepOutput:
         cfg = self.config

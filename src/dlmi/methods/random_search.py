@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from dlmi.dlm import masked_cross_entropy
 from dlmi.methods.base import (
     Batch,
     IncumbentSearch,
@@ -53,11 +52,10 @@ class RandomSearch(IncumbentSearch):
         tok = torch.stack([t for _, t in proposals])  # (B, S)
         cand = state.prompts[:, None].repeat(1, S, 1)  # (B, S, N)
         cand.scatter_(2, pos[..., None], tok[..., None])
-        flat = cand.view(B * S, N)
-        logits = self.dlm.teacher_forced_logits(
-            self.dlm.hard_embed(flat), batch.target_ids.repeat_interleave(S, 0), backward=False)
-        loss = masked_cross_entropy(logits, batch.target_ids.repeat_interleave(S, 0),
-                                    batch.mask.repeat_interleave(S, 0)).view(B, S)
+        loss, _ = self.dlm.hard_losses(cand.view(B * S, N),
+                                       batch.target_ids.repeat_interleave(S, 0),
+                                       batch.mask.repeat_interleave(S, 0), chunk=B * S)
+        loss = loss.view(B, S)
         best_loss, best = loss.min(1)
         better = best_loss < state.loss
         chosen = cand[torch.arange(B, device=dev), best]
