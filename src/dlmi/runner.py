@@ -130,6 +130,12 @@ class _Row:
     best_soft_lcs: float | None = None
     soft_lcs_at: dict[str, float] = dataclasses.field(default_factory=dict)
 
+    def record_budget(self, budget: int, overwrite: bool = True) -> None:
+        """Note the best hard (and soft, if any) LCS so far as the value at `budget` steps."""
+        for table, value in ((self.lcs_at, self.best_lcs), (self.soft_lcs_at, self.best_soft_lcs)):
+            if value is not None and (overwrite or str(budget) not in table):
+                table[str(budget)] = value
+
 
 class _Run:
     def __init__(self, lm, method, ids, seeds, callback, on_result):
@@ -165,13 +171,9 @@ class _Run:
                         or proven):
                     self._evaluate(state, candidates, step)
                 self._charge(before)
-                for budget in cfg.budgets:
-                    if budget == step:
-                        for b in self.active:
-                            r = self.rows[b]
-                            r.lcs_at[str(budget)] = r.best_lcs
-                            if r.best_soft_lcs is not None:
-                                r.soft_lcs_at[str(budget)] = r.best_soft_lcs
+                if step in cfg.budgets:
+                    for b in self.active:
+                        self.rows[b].record_budget(step)
                 state = self._drop_solved(state)
                 if self.callback:
                     self.callback(self._progress(step))
@@ -213,9 +215,7 @@ class _Run:
         # stopped early (Ctrl-C, time limit) did not reach them and records nothing there.
         if r.solved_at is not None or stopped is None:
             for budget in self.cfg.budgets:
-                r.lcs_at.setdefault(str(budget), r.best_lcs)
-                if r.best_soft_lcs is not None:
-                    r.soft_lcs_at.setdefault(str(budget), r.best_soft_lcs)
+                r.record_budget(budget, overwrite=False)
         interrupted = stopped == "interrupted" and r.solved_at is None
         self.results[b] = self._result(b, interrupted)
         if self.on_result:

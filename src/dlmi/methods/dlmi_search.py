@@ -196,8 +196,8 @@ class DLMISearch(DLMI):
         return (samples, per_sample.detach(), exact, tau.detach(), argmax.view(B, S, -1)[:, 0],
                 grad)
 
-    def _propose(self, state: DLMISearchState, batch: Batch,
-                 grad: torch.Tensor | None) -> torch.Tensor:
+    def _propose(self, state: DLMISearchState, batch: Batch, grad: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Single-token changes of the incumbent: (B, W, N), and their positions and new
         tokens (B, W). Position uniform; the new token drawn uniformly from the top_k tokens
         of Z at that position (proposal z), or of the anchor's negative gradient (proposal
@@ -212,17 +212,18 @@ class DLMISearch(DLMI):
         pick = per_row(batch.generators,
                        lambda g: torch.randint(k, (W,), generator=g, device=dev))  # (B, W)
 
-        def draw(scores):  # (B, N, V) -> (B, W): a uniform pick among the row's top k
+        def pick_top(scores):  # (B, N, V) -> (B, W): a uniform pick among the row's top k
             top = scores.topk(k, dim=-1).indices  # (B, N, k)
             return top.gather(1, pos[..., None].expand(B, W, k)).gather(
                 2, pick[..., None]).squeeze(-1)
 
         if cfg.proposal == "z":
-            tokens = draw(Z)
+            tokens = pick_top(Z)
         elif cfg.proposal == "gradient":
-            tokens = draw(-grad)
+            tokens = pick_top(-grad)
         else:  # both: even swaps from the gradient, odd ones from Z
-            tokens = torch.where(torch.arange(W, device=dev) % 2 == 0, draw(-grad), draw(Z))
+            tokens = torch.where(torch.arange(W, device=dev) % 2 == 0, pick_top(-grad),
+                                 pick_top(Z))
         cand = state.incumbent[:, None].repeat(1, W, 1)
         cand.scatter_(2, pos[..., None], tokens[..., None])
         return cand, pos, tokens
