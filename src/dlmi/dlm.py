@@ -161,19 +161,21 @@ class DifferentiableLM:
 
     @torch.no_grad()
     def hard_losses(self, prompt_ids: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
-                    chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+                    chunk: int = 64, objective: str = "ce", margin: float = 1.0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced loss and exact-match proof of hard prompts, no gradient, in chunks.
 
         prompt_ids: (R, N); target_ids, mask: (R, M) -> loss (R,), exact (R,) bool. `exact`
         means every scored position's argmax is the target token, which is what greedy
-        decoding needs (see teacher_forced_hits). `chunk` rows per forward bounds memory.
+        decoding needs (see teacher_forced_hits). `chunk` rows per forward bounds memory;
+        objective, margin: as in target_loss.
         """
         losses, exact = [], []
         for i in range(0, prompt_ids.shape[0], chunk):
             sl = slice(i, i + chunk)
             logits = self.teacher_forced_logits(self.hard_embed(prompt_ids[sl]), target_ids[sl],
                                                 backward=False)  # (r, M, V)
-            losses.append(masked_cross_entropy(logits, target_ids[sl], mask[sl]))
+            losses.append(target_loss(logits, target_ids[sl], mask[sl], objective, margin))
             exact.append(((logits.argmax(-1) == target_ids[sl]) | ~mask[sl]).all(1))
         return torch.cat(losses), torch.cat(exact)
 
@@ -199,3 +201,29 @@ def masked_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor,
     ce = F.cross_entropy(logits.transpose(1, 2).float(), target_ids, reduction="none")  # (B, M)
     mask = mask.to(ce.dtype)
     return (ce * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def masked_margin_loss(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
+                       margin: float = 1.0) -> torch.Tensor:
+    """Mean over scored positions of max(-margin, best other logit - target logit), per row
+    (the Carlini-Wagner loss, as Faster-GCG uses it). logits (B, M, V) -> (B,).
+
+    Negative exactly where the target token is the argmax, so it ranks prompts by the positions
+    greedy decoding misses; a position won by `margin` earns nothing more."""
+    logits = logits.float()
+    target = logits.gather(-1, target_ids[..., None])[..., 0]  # (B, M)
+    other = logits.scatter(-1, target_ids[..., None], float("-inf")).amax(-1)  # (B, M)
+    per_position = (other - target).clamp_min(-margin)
+    mask = mask.to(per_position.dtype)
+    return (per_position * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+OBJECTIVES = ("ce", "cw")
+
+
+def target_loss(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
+                objective: str = "ce", margin: float = 1.0) -> torch.Tensor:
+    """The per-row loss a search minimises: "ce" cross-entropy, "cw" the margin loss."""
+    if objective == "cw":
+        return masked_margin_loss(logits, target_ids, mask, margin)
+    return masked_cross_entropy(logits, target_ids, mask)

@@ -193,3 +193,25 @@ def test_a_config_selects_its_method_and_no_config_the_default(tiny_lm):
     gcg = dlmi.invert(tiny_lm, target, GCGConfig(prompt_length=4, steps=1, top_k=8,
                                                  search_width=8))
     assert gcg.method == "gcg"
+
+
+@pytest.mark.parametrize("objective", ["ce", "cw"])
+def test_each_objective_is_the_loss_the_search_reports(tiny_lm, objective):
+    # The loss a run reports is its objective of its best hard prompt, recomputed here.
+    target = hidden_prompt_target(tiny_lm, 101, prompt_len=6, target_len=8)
+    r = dlmi.invert(tiny_lm, target, method="dlmi-search", prompt_length=6, steps=3,
+                    objective=objective, cw_margin=2.0, early_stop=False)
+    dlm = DifferentiableLM(tiny_lm)
+    ids = torch.tensor([target])
+    loss, _ = dlm.hard_losses(torch.tensor([r.prompt_ids]), ids, torch.ones_like(ids).bool(),
+                              objective=objective, margin=2.0)
+    assert r.history[-1]["loss"] == pytest.approx(loss.item(), abs=1e-5)
+    if objective == "cw":
+        assert loss.item() >= -2.0
+
+
+def test_unknown_objective_is_a_usage_error():
+    from dlmi.errors import UsageError
+
+    with pytest.raises(UsageError, match="objective must be one of ce, cw"):
+        DLMISearchConfig(objective="hinge")

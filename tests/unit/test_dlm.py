@@ -93,3 +93,19 @@ def test_masked_cross_entropy_ignores_masked_positions():
     only_first = masked_cross_entropy(logits, target, torch.tensor([[True, False, False]]))
     everything = masked_cross_entropy(logits, target, torch.ones(1, 3, dtype=torch.bool))
     assert only_first.item() < 1e-3 < everything.item()
+
+
+def test_margin_loss_is_negative_exactly_where_the_target_wins():
+    from dlmi.dlm import masked_margin_loss
+
+    logits = torch.tensor([[[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]]])  # (1, M=2, V=3)
+    target = torch.tensor([[0, 2]])
+    one = torch.ones(1, 1, dtype=torch.bool)
+    # Position 0: target wins by 1, capped at -margin; position 1: loses by 2.
+    assert masked_margin_loss(logits[:, :1], target[:, :1], one, 0.5).item() == -0.5
+    assert masked_margin_loss(logits[:, :1], target[:, :1], one, 5.0).item() == -1.0
+    assert masked_margin_loss(logits[:, 1:], target[:, 1:], one, 0.5).item() == 2.0
+    both = masked_margin_loss(logits, target, torch.ones(1, 2, dtype=torch.bool), 0.5)
+    assert both.item() == 0.75
+    masked = masked_margin_loss(logits, target, torch.tensor([[True, False]]), 0.5)
+    assert masked.item() == -0.5

@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from dlmi.dlm import masked_cross_entropy
+from dlmi.dlm import OBJECTIVES, target_loss
 from dlmi.errors import UsageError
 from dlmi.estimators import gumbel_softmax
 from dlmi.methods.base import Batch, StepOutput, _at_least, per_row
@@ -57,6 +57,11 @@ class DLMISearchConfig(GumbelPromptConfig):
     # A proposal that scored no better than the incumbent leaves Z's top tokens, so a stalled
     # search explores instead of redrawing the same rejected swaps (z proposals only).
     forget_rejected: bool = True
+    # The loss of the gradient step and of the search: "ce" cross-entropy, or "cw" the margin
+    # loss max(-cw_margin, best other logit - target logit) per position (as Faster-GCG),
+    # which stops paying for positions already won and so targets greedy success.
+    objective: str = "ce"
+    cw_margin: float = 1.0
     chunk_size: int = 64  # prompts per no-grad forward: bounds memory
 
     def __post_init__(self):
@@ -65,6 +70,10 @@ class DLMISearchConfig(GumbelPromptConfig):
         _at_least(self, "chunk_size", 1)
         _at_least(self, "top_k", 1)
         _at_least(self, "patience", 0)
+        _at_least(self, "cw_margin", 0.0)
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, "
+                             f"got {self.objective!r}: change --set objective=VALUE")
         if self.proposal not in PROPOSALS:
             raise UsageError(f"proposal must be one of {', '.join(PROPOSALS)}, "
                              f"got {self.proposal!r}: change --set proposal=VALUE")
@@ -184,7 +193,7 @@ class DLMISearch(DLMI):
         mask = batch.mask.repeat_interleave(S, 0)
         logits = self.dlm.teacher_forced_logits(self.dlm.soft_embed(p.view(B * S, N, V)),
                                                 targets, soft_positions=N)
-        per_sample = masked_cross_entropy(logits, targets, mask).view(B, S)
+        per_sample = target_loss(logits, targets, mask, cfg.objective, cfg.cw_margin).view(B, S)
         state.optimizer.zero_grad()
         # Sum over rows: each row's gradient is its own (rows share no parameters).
         per_sample.mean(1).sum().backward()
@@ -245,7 +254,8 @@ class DLMISearch(DLMI):
         B, K, N = cand.shape
         loss, exact = self.dlm.hard_losses(
             cand.reshape(B * K, N), batch.target_ids.repeat_interleave(K, 0),
-            batch.mask.repeat_interleave(K, 0), self.config.chunk_size)
+            batch.mask.repeat_interleave(K, 0), self.config.chunk_size, self.config.objective,
+            self.config.cw_margin)
         return loss.view(B, K), exact.view(B, K)
 
     @torch.no_grad()
