@@ -26,7 +26,8 @@ def main(paths: list[str]) -> None:
             probs = logits.softmax(-1)
             p = probs.gather(1, target[0][:, None])[:, 0]
             rank = (probs > p[:, None]).sum(1)
-            marks = " ".join(f"{'x' if r else '.'}{q:.2f}/{int(r)}" for q, r in zip(p, rank))
+            marks = " ".join(f"{'x' if r else '.'}{q:.2f}/{int(r)}"
+                             for q, r in zip(p, rank, strict=True))
             print(f"{row['method']:12s} {row['target_id']:6s} lcs {row['lcs_ratio']:.2f} "
                   f"steps {row['steps']:4d}  {marks}")
 

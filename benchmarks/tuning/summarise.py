@@ -15,4 +15,5 @@ for path in sys.argv[1:]:
     per_target = " ".join(f"{r['target_id']}:{r['lcs_ratio']:.1f}" for r in rows)
     print(f"{path.split('/')[-1]:40s} n={len(rows)} {at} exact {exact}/{len(rows)} "
           f"s/row {sum(r['seconds'] for r in rows) / len(rows):6.0f} "
-          f"GFLOP/row {sum(r['compute']['flops'] for r in rows) / len(rows) / 1e9:7.0f}  {per_target}")
+          f"GFLOP/row {sum(r['compute']['flops'] for r in rows) / len(rows) / 1e9:7.0f}  "
+          f"{per_target}")

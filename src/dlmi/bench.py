@@ -36,6 +36,11 @@ class TargetGrid:
     sigma: float = 1.0
     seed: int = 42
 
+    def __post_init__(self):
+        if not self.k or min(self.k) < 1 or self.per_k < 1 or self.length < 1 or self.sigma < 0:
+            raise UsageError(f"targets: k must be ranks >= 1, per_k and length >= 1, sigma >= 0; "
+                             f"got {self}")
+
 
 @dataclass
 class BenchSpec:
@@ -61,16 +66,18 @@ class BenchSpec:
         for name in ("methods", "prompt_lengths", "budgets", "seeds"):
             if not getattr(self, name):
                 raise UsageError(f"bench needs at least one value in {name}")
-        if self.batch_size < 1:
-            raise UsageError("batch_size must be >= 1")
-        if self.time_limit is not None:
-            try:
-                self.time_limit = float(self.time_limit)
-            except (TypeError, ValueError):
-                raise UsageError(f"time_limit must be a number of seconds, "
-                                 f"got {self.time_limit!r}") from None
-            if not self.time_limit > 0:
-                raise UsageError(f"time_limit must be > 0 seconds, got {self.time_limit}")
+        for name in ("prompt_lengths", "budgets", "batch_size", "eval_every"):
+            values = getattr(self, name)
+            for v in values if isinstance(values, list) else [values]:
+                if v < 1:
+                    raise UsageError(f"{name} must be >= 1, got {v}: change {_bench_hint(name)}")
+        for method, opts in self.method_options.items():
+            if not isinstance(opts, dict):
+                raise UsageError(f"method_options.{method} must be a mapping of options, "
+                                 f"got {opts!r}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise UsageError(f"time_limit must be > 0 seconds, got {self.time_limit}: "
+                             f"change {_bench_hint('time_limit')}")
 
     @property
     def steps(self) -> int:
@@ -93,9 +100,9 @@ def load_spec(preset: str | None = None, config_file: str | None = None,
 
 
 def _read_config(path: Path) -> dict:
-    if not path.is_file():
-        raise UsageError(f"bench config not found: {path}")
-    text = path.read_text()
+    from dlmi.files import read_text
+
+    text = read_text(path, "bench config")
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
@@ -106,12 +113,14 @@ def _read_config(path: Path) -> dict:
 
 
 def _build(cls, data: dict, what: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise UsageError(f"unknown {what} option(s) {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(sorted(names))}")
-    return cls(**data)
+    """The dataclass from config-file values, each type-checked like a flag."""
+    from dlmi.config_builder import coerce
+
+    return cls(**coerce(cls, data, what, hint=_bench_hint))
+
+
+def _bench_hint(name: str) -> str:
+    return f"{name} in the config file (or --{name.replace('_', '-')})"
 
 
 def load_targets(spec: BenchSpec, lm) -> list[dict]:
@@ -150,28 +159,34 @@ def plan(spec: BenchSpec, targets: list[dict], done: set[tuple]) -> list[Job]:
 
 
 def method_config(spec: BenchSpec, method: str, prompt_length: int):
-    from dlmi.methods.registry import get_method
-    from dlmi.options import coerce_overrides
+    from dlmi.config_builder import build_config
 
-    cls = get_method(method).config_class
-    options = coerce_overrides(cls, dict(spec.method_options.get(method, {})))
+    options = dict(spec.method_options.get(method, {}))
     options.update(prompt_length=prompt_length, steps=spec.steps,
                    budgets=tuple(spec.budgets), eval_every=spec.eval_every)
-    return cls(**options)
+    return build_config(method, overrides=options, where=f"bench option of {method}")
+
+
+def check_spec(spec: BenchSpec) -> None:
+    """Fail on unknown methods, bad method options or a missing targets file before any work."""
+    for method in spec.methods:
+        for n in spec.prompt_lengths:
+            method_config(spec, method, n)
+    if spec.targets_file:
+        from dlmi.target_file import read_target_file
+
+        read_target_file(spec.targets_file)
 
 
 def run_bench(spec: BenchSpec, out: str | Path, lm=None,
               on_row: Callable[[dict], None] | None = None,
               on_step: Callable | None = None, on_job: Callable | None = None) -> int:
     """Run every missing row of the grid into `out`; returns the number of rows written."""
-    from dlmi.methods.registry import get_method
-    from dlmi.metrics import overlap_rate
     from dlmi.models import load_model
     from dlmi.perplexity import perplexity
     from dlmi.runner import run_inversion
 
-    for method in spec.methods:
-        get_method(method)  # unknown names fail before any work
+    check_spec(spec)
     for method in spec.method_options:
         if method not in spec.methods:
             log.warning("method_options for %s ignored: it is not in methods", method)
@@ -182,7 +197,6 @@ def run_bench(spec: BenchSpec, out: str | Path, lm=None,
     target_ppl = {str(t["id"]): perplexity(lm, t["target_ids"]) for t in targets}
     jobs = plan(spec, targets, done)
     written = 0
-    eos = [lm.eos_token_id] if lm.eos_token_id is not None else []
     for job in jobs:
         config = method_config(spec, job.method, job.prompt_length)
         if on_job:
@@ -195,14 +209,8 @@ def run_bench(spec: BenchSpec, out: str | Path, lm=None,
                 if result.interrupted:
                     return  # an unfinished row is not a result; a rerun redoes it
                 target, seed = chunk[index]
-                row = {
-                    "method": job.method, "model": spec.model, "target_id": str(target["id"]),
-                    "k": target.get("k"), "seed": seed, "prompt_length": job.prompt_length,
-                    "overlap_rate": overlap_rate(result.prompt_ids, result.target_ids, eos),
-                    "prompt_perplexity": perplexity(lm, result.prompt_ids),
-                    "target_perplexity": target_ppl[str(target["id"])],
-                    **result.to_dict(),
-                }
+                row = result_row(lm, result, spec.model, target["id"], target.get("k"),
+                                 target_ppl[str(target["id"])])
                 append_row(out, row)
                 written += 1
                 if on_row:
@@ -216,6 +224,26 @@ def run_bench(spec: BenchSpec, out: str | Path, lm=None,
             if any(r.interrupted for r in results):
                 raise KeyboardInterrupt  # Ctrl-C: rows done so far are saved; stop the grid
     return written
+
+
+def result_row(lm, result, model: str, target_id, k: int | None,
+               target_perplexity: float | None = None) -> dict:
+    """One results row (the schema `dlmi report` reads): the grid's keys, the cheating check
+    and perplexities, then every field of the InversionResult."""
+    from dlmi.metrics import overlap_rate
+    from dlmi.perplexity import perplexity
+
+    eos = [lm.eos_token_id] if lm.eos_token_id is not None else []
+    if target_perplexity is None:
+        target_perplexity = perplexity(lm, result.target_ids)
+    return {
+        "method": result.method, "model": model, "target_id": str(target_id), "k": k,
+        "seed": result.seed, "prompt_length": len(result.prompt_ids),
+        "overlap_rate": overlap_rate(result.prompt_ids, result.target_ids, eos),
+        "prompt_perplexity": perplexity(lm, result.prompt_ids),
+        "target_perplexity": target_perplexity,
+        **result.to_dict(),
+    }
 
 
 def total_rows(spec: BenchSpec, n_targets: int) -> int:

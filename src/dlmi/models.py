@@ -82,7 +82,7 @@ def load_model(
     """
     if not isinstance(spec, str) or not spec.strip():
         raise UsageError("model spec is empty: pass e.g. --model smollm2-135m")
-    dev = torch.device(device) if device is not None else default_device()
+    dev = _parse_device(device)
     dt = _parse_dtype(dtype)
     if spec in TINY_SPECS:
         from dlmi.tiny import build_tiny_model
@@ -107,6 +107,20 @@ def freeze(model: torch.nn.Module) -> None:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+
+
+def _parse_device(device) -> torch.device:
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}: use cpu or cuda (cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("CUDA is not available on this machine: use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {device!r} is not supported: use cpu or cuda")
+    return dev
 
 
 def _parse_dtype(dtype) -> torch.dtype:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-
-from dlmi.errors import UsageError
 
 # Flags shared by `invert` and `bench`, each mapped 1:1 to a config field (None = not given).
 COMMON_FLAGS = {
@@ -38,29 +35,10 @@ def parse_value(text: str):
         return text
 
 
-def coerce_overrides(config_class, overrides: dict) -> dict:
-    """Check names against the config's fields and cast values to the fields' types."""
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    out = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise UsageError(f"unknown option {key!r}; options: {', '.join(sorted(fields))}")
-        default = fields[key].default
-        if default is None and fields[key].type in ("float | None", float | None):
-            default = 0.0  # an optional number: checked as a float
-        try:
-            if isinstance(default, bool):
-                value = value if isinstance(value, bool) else parse_value(str(value))
-                if not isinstance(value, bool):
-                    raise ValueError
-            elif isinstance(default, int):
-                value = int(value)
-            elif isinstance(default, float):
-                value = float(value)
-            elif isinstance(default, tuple):
-                value = tuple(value) if isinstance(value, list | tuple) else (value,)
-        except (TypeError, ValueError):
-            raise UsageError(f"option {key} expects a {type(default).__name__}, "
-                             f"got {value!r}") from None
-        out[key] = value
-    return out
+def opt(default, help: str, source: str = ""):
+    """A config field with its documentation: `help` says what it does, `source` where the
+    default comes from (Table 5, a paper, "measured" on our tuning targets, or "" = reasoned).
+    `dlmi methods NAME` prints both."""
+    from dataclasses import field
+
+    return field(default=default, metadata={"help": help, "source": source})

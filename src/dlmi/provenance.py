@@ -13,7 +13,7 @@ from pathlib import Path
 @functools.cache
 def _static() -> dict:
     versions = {}
-    for name in ("dlmi", "torch", "transformers", "gguf", "numpy"):
+    for name in ("dlmi", "torch", "transformers", "gguf", "accelerate", "numpy"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -24,6 +24,18 @@ def _static() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def package_version() -> str:
+    """dlmi's installed version ("unknown" when run from a source tree not installed)."""
+    try:
+        return metadata.version("dlmi")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def library_versions() -> dict[str, str | None]:
+    return dict(_static()["versions"])
 
 
 def _git_commit() -> str | None:

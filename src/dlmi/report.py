@@ -33,9 +33,11 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def load_rows(paths: Iterable[Path]) -> list[dict]:
+    """Finished rows of every file. Rows a Ctrl-C cut short (`interrupted`, written by
+    `dlmi invert --json`) are left out: they did not run their steps."""
     rows = []
     for p in paths:
-        rows.extend(read_rows(p))
+        rows.extend(r for r in read_rows(p) if "method" in r and not r.get("interrupted"))
     return rows
 
 
@@ -281,7 +283,7 @@ def write_report(paths: list[Path], out: Path) -> list[Path]:
     if not rows:
         from dlmi.errors import UsageError
 
-        raise UsageError("no result rows in " + ", ".join(map(str, paths)))
+        raise UsageError("no finished result rows in " + ", ".join(map(str, paths)))
     out.mkdir(parents=True, exist_ok=True)
     written = []
     written += plot_lcs_vs_k(rows, out)

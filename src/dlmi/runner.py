@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from dlmi.compute import ComputeCounter
+from dlmi.config_builder import build_config
 from dlmi.dlm import DifferentiableLM
 from dlmi.errors import UsageError
 from dlmi.methods.base import Batch, MethodConfig, row_generators
@@ -43,19 +44,6 @@ class Progress:
     loss: float  # mean over active targets
     temperature: float | None  # mean effective temperature over active targets
     best_lcs: float  # mean best LCS over all targets
-
-
-def make_config(method: str, config: MethodConfig | None = None, **overrides) -> MethodConfig:
-    """The method's config: `config` if given (updated by overrides), else defaults + overrides."""
-    cls = get_method(method).config_class
-    if config is None:
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise UsageError(f"method {method!r} has no option(s) {', '.join(sorted(unknown))}")
-        return cls(**overrides)
-    if not isinstance(config, cls):
-        raise UsageError(f"method {method!r} takes a {cls.__name__}, got {type(config).__name__}")
-    return dataclasses.replace(config, **overrides) if overrides else config
 
 
 def target_ids_of(lm: LoadedModel, target: Target) -> list[int]:
@@ -92,7 +80,7 @@ def run_inversion(
     save it before the rest of the batch finishes.
     """
     method = method or method_for(config)
-    cfg = make_config(method, config, **overrides)
+    cfg = build_config(method, config, overrides)
     if not targets:
         raise UsageError("no targets given")
     ids = [target_ids_of(lm, t) for t in targets]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlmi.errors import UsageError
+from dlmi.files import read_text
 
 
 @dataclass
@@ -20,9 +21,7 @@ class TargetSpec:
 
 def read_target_file(path: str | Path) -> list[TargetSpec]:
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"target file not found: {path}")
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln for ln in read_text(path, "targets file").splitlines() if ln.strip()]
     if not lines:
         raise UsageError(f"target file {path} has no targets")
     if all(_is_json_object(ln) for ln in lines):

@@ -75,18 +75,6 @@ def test_bench_cli_with_config_file_and_method_option(tmp_path):
     assert len(rows) == 2 and rows[0]["config"]["samples"] == 3
 
 
-@pytest.mark.parametrize("argv,text", [
-    (["--preset", "nope"], "unknown preset"),
-    (["--config", "/no/such.yaml"], "not found"),
-    (["--preset", "cpu-quick", "--methods", "bogus"], "known methods"),
-    (["--preset", "cpu-quick", "--seeds", "a,b"], "--seeds"),
-])
-def test_bench_bad_input(argv, text, tmp_path, capsys):
-    assert main(["bench", *argv, "--model", "tiny-random", "--out",
-                 str(tmp_path / "r.jsonl"), "--quiet"]) == 2
-    assert text in capsys.readouterr().err
-
-
 def test_presets_load():
     quick = load_spec("cpu-quick")
     paper = load_spec("paper")

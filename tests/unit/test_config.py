@@ -1,8 +1,8 @@
 import pytest
 
 from dlmi import DLMIConfig
+from dlmi.config_builder import build_config
 from dlmi.errors import UsageError
-from dlmi.runner import make_config
 
 
 def test_defaults_follow_table_5():
@@ -28,4 +28,13 @@ def test_bad_values_say_what_to_change(field, value, text):
 
 def test_unknown_option_is_rejected_with_the_method_name():
     with pytest.raises(UsageError, match="random"):
-        make_config("random", tau0=3.0)
+        build_config("random", overrides={"tau0": 3.0})
+
+
+def test_builtin_names_are_the_registered_methods():
+    from dlmi.methods import registry
+
+    registry._load_builtin()
+    assert set(registry.BUILTIN) == set(registry._METHODS)
+    for name, module in registry.BUILTIN.items():
+        assert registry.get_method(name).__module__ == f"dlmi.methods.{module}"

@@ -16,18 +16,21 @@ import torch
 
 from dlmi.dlm import DifferentiableLM
 from dlmi.errors import UsageError
-from dlmi.options import option_hint
+from dlmi.options import opt, option_hint
 
 
 @dataclass
 class MethodConfig:
-    prompt_length: int = 20  # N; the paper evaluates N in {10, 80} (Section 4, Table 5)
-    steps: int = 256  # optimisation steps; Table 5 "epochs" in {256, 2048}
-    eval_every: int = 8  # discretise + greedy-decode every K steps (anytime evaluation)
-    early_stop: bool = True  # a target leaves the batch once greedy decoding matches it exactly
-    budgets: tuple[int, ...] = ()  # steps at which the best LCS so far is recorded
-    seed: int = 0
-    time_limit: float | None = None  # wall seconds for the whole run; stops with the best so far
+    prompt_length: int = opt(
+        20, 'N; the paper evaluates N in {10, 80} (Section 4, Table 5)', 'Table 5')
+    steps: int = opt(256, 'optimisation steps; Table 5 "epochs" in {256, 2048}', 'Table 5')
+    eval_every: int = opt(8, 'discretise + greedy-decode every K steps (anytime evaluation)')
+    early_stop: bool = opt(
+        True, 'a target leaves the batch once greedy decoding matches it exactly')
+    budgets: tuple[int, ...] = opt((), 'steps at which the best LCS so far is recorded')
+    seed: int = opt(0, 'random seed of the run (a batch gives each target its own generator)')
+    time_limit: float | None = opt(
+        None, 'wall seconds for the whole run; stops with the best so far')
 
     def __post_init__(self):
         self.budgets = tuple(int(b) for b in self.budgets)
@@ -49,14 +52,16 @@ def _positive(cfg, *names: str) -> None:
     """Each named option must be > 0; the error names the flag (or --set key) to change."""
     for name in names:
         value = getattr(cfg, name)
-        if not value > 0:
-            raise UsageError(f"{name} must be > 0, got {value}: change {option_hint(name)}")
+        if not 0 < value < float("inf"):
+            raise UsageError(f"{name} must be finite and > 0, got {value}: "
+                             f"change {option_hint(name)}")
 
 
 def _at_least(cfg, name: str, low: float) -> None:
     value = getattr(cfg, name)
-    if value < low:
-        raise UsageError(f"{name} must be >= {low}, got {value}: change {option_hint(name)}")
+    if not low <= value < float("inf"):
+        raise UsageError(f"{name} must be finite and >= {low}, got {value}: "
+                         f"change {option_hint(name)}")
 
 
 @dataclass

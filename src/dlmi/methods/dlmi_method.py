@@ -21,18 +21,21 @@ from dlmi.methods.base import (
 )
 from dlmi.methods.registry import register
 from dlmi.optim import BatchedAdam
+from dlmi.options import opt
 
 
 @dataclass
 class GumbelPromptConfig(MethodConfig):
     """Options of the learnable prompt distribution: logits Z, temperatures Phi, Adam."""
 
-    samples: int = 8  # Gumbel-Softmax samples per step (Table 5 num_samples)
-    lr: float = 0.1  # Adam learning rate for Z and Phi (Table 5)
-    tau0: float = 100.0  # initial / fixed temperature (Table 5, DLMI(tau0=100))
-    tau_eps: float = 0.01  # epsilon in tau = eps + tau0 (1 + tanh phi); the paper leaves it open
-    temperature: str = "decoupled"  # one learnable tau per position (Section 3.3)
-    init_std: float = 1.0  # Z, Phi ~ N(0, 1) (Algorithm 1 lines 1-2)
+    samples: int = opt(8, 'Gumbel-Softmax samples per step (Table 5 num_samples)', 'Table 5')
+    lr: float = opt(0.1, 'Adam learning rate for Z and Phi (Table 5)', 'Table 5')
+    tau0: float = opt(100.0, 'initial / fixed temperature (Table 5, DLMI(tau0=100))', 'Table 5')
+    tau_eps: float = opt(
+        0.01, 'epsilon in tau = eps + tau0 (1 + tanh phi); the paper leaves it open')
+    temperature: str = opt(
+        "decoupled", 'one learnable tau per position (Section 3.3)', 'Section 3.3')
+    init_std: float = opt(1.0, 'Z, Phi ~ N(0, 1) (Algorithm 1 lines 1-2)', 'Algorithm 1')
 
     def __post_init__(self):
         super().__post_init__()
@@ -45,11 +48,13 @@ class GumbelPromptConfig(MethodConfig):
 
 @dataclass
 class DLMIConfig(GumbelPromptConfig):
-    teacher_forcing: bool = True  # Algorithm 1 line 10; False is the DLMI-TF ablation
-    output_tau: float = 1.0  # GS temperature of fed-back outputs without teacher forcing
-    straight_through: bool = False  # hard one-hot forward, relaxed backward (Appendix A)
-    discretize: str = "argmax"  # or "nearest": token nearest to softmax(Z) @ W_E
-    check_samples: bool = True  # also judge the step's hard samples at evaluation points
+    teacher_forcing: bool = opt(
+        True, 'Algorithm 1 line 10; False is the DLMI-TF ablation', 'Algorithm 1')
+    output_tau: float = opt(1.0, 'GS temperature of fed-back outputs without teacher forcing')
+    straight_through: bool = opt(
+        False, 'hard one-hot forward, relaxed backward (Appendix A)', 'Appendix A')
+    discretize: str = opt("argmax", 'or "nearest": token nearest to softmax(Z) @ W_E')
+    check_samples: bool = opt(True, "also judge the step's hard samples at evaluation points")
 
     def __post_init__(self):
         super().__post_init__()
@@ -165,7 +170,7 @@ class DLMI(Method):
 
 @dataclass
 class DLMINoTFConfig(DLMIConfig):
-    teacher_forcing: bool = False  # DLMI-TF ablation: free-running differentiable rollout
+    teacher_forcing: bool = opt(False, 'DLMI-TF ablation: free-running differentiable rollout')
 
 
 @register
@@ -177,7 +182,7 @@ class DLMINoTF(DLMI):
 
 @dataclass
 class DLMISharedTauConfig(DLMIConfig):
-    temperature: str = "learnable"  # one learnable temperature per target, not per position
+    temperature: str = opt("learnable", 'one learnable temperature per target, not per position')
 
 
 @register
@@ -189,9 +194,9 @@ class DLMISharedTau(DLMI):
 
 @dataclass
 class GBDAConfig(DLMIConfig):
-    temperature: str = "fixed"  # GBDA has no learnable temperature (Table 1)
-    tau0: float = 1.0  # the paper runs GBDA(tau=1) and GBDA(tau=100)
-    teacher_forcing: bool = False  # nor teacher forcing (Table 1)
+    temperature: str = opt("fixed", 'GBDA has no learnable temperature (Table 1)')
+    tau0: float = opt(1.0, 'the paper runs GBDA(tau=1) and GBDA(tau=100)')
+    teacher_forcing: bool = opt(False, 'nor teacher forcing (Table 1)')
 
 
 @register

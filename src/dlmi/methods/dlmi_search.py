@@ -33,6 +33,7 @@ from dlmi.methods.base import Batch, StepOutput, _at_least, per_row
 from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
 from dlmi.methods.registry import register
 from dlmi.optim import BatchedAdam
+from dlmi.options import opt
 
 PROPOSALS = ("z", "gradient", "both")
 
@@ -41,28 +42,36 @@ PROPOSALS = ("z", "gradient", "both")
 class DLMISearchConfig(GumbelPromptConfig):
     # Defaults measured on our own Algorithm 2 targets (seed 7, benchmarks/tuning/), never on
     # the presets' targets; README "Defaults of dlmi-search" states the same values.
-    samples: int = 1  # straight-through rows per gradient step; 1 = the anchor alone (sweep 1)
-    lr: float = 0.1  # Adam on Z and Phi (Table 5)
-    tau0: float = 100.0  # Table 5
-    init_std: float = 0.01  # Z ~ N(0, 0.01^2): accumulated gradients, not the draw, rank tokens
-    swaps: int = 32  # proposals scored per step: with the anchor, GCG's cost per step at width 32
-    anchor: bool = True  # sample 0 of the gradient forward is the incumbent itself
-    proposal: str = "z"  # swap tokens drawn from the top_k of: z, gradient (anchor's), both
-    top_k: int = 256  # tokens per position that swaps draw from, uniformly (GCG's 256)
-    row_adam: bool = True  # Z's Adam keeps one second moment per position: Z ranks tokens
+    samples: int = opt(
+        1, 'straight-through rows per gradient step; 1 = the anchor alone (sweep 1)', 'measured')
+    lr: float = opt(0.1, 'Adam on Z and Phi (Table 5)', 'Table 5')
+    tau0: float = opt(100.0, "initial temperature of the Gumbel-Softmax", "Table 5")
+    init_std: float = opt(
+        0.01, 'Z ~ N(0, 0.01^2): accumulated gradients, not the draw, rank tokens')
+    swaps: int = opt(
+        32, "proposals scored per step: with the anchor, GCG's cost per step at width 32")
+    anchor: bool = opt(True, 'sample 0 of the gradient forward is the incumbent itself')
+    proposal: str = opt("z", "swap tokens drawn from the top_k of: z, gradient (anchor's), both")
+    top_k: int = opt(
+        64, "tokens per position that swaps draw from, uniformly", "measured")
+    row_adam: bool = opt(True, "Z's Adam keeps one second moment per position: Z ranks tokens")
     # Steps without a better prompt before the search moves to the step's best proposal
     # anyway, to leave a local minimum (1: as GCG, which moves every step); the best so far
     # is kept. 0: never move to a worse prompt.
-    patience: int = 1
+    patience: int = opt(
+        1, "steps without a better prompt before moving to the step's best proposal anyway "
+        "(0: never)", "measured")
     # A proposal that scored no better than the incumbent leaves Z's top tokens, so a stalled
     # search explores instead of redrawing the same rejected swaps (z proposals only).
-    forget_rejected: bool = True
+    forget_rejected: bool = opt(
+        True, "a swap that scored no better leaves Z's top tokens", 'measured')
     # The loss of the gradient step and of the search: "ce" cross-entropy, or "cw" the margin
     # loss max(-cw_margin, best other logit - target logit) per position (as Faster-GCG),
     # which stops paying for positions already won and so targets greedy success.
-    objective: str = "ce"
-    cw_margin: float = 1.0
-    chunk_size: int = 64  # prompts per no-grad forward: bounds memory
+    objective: str = opt(
+        "cw", "loss of the gradient and the search: cw (margin) or ce", "measured")
+    cw_margin: float = opt(1.0, "cw only: a position won by this many logits earns nothing more")
+    chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
 
     def __post_init__(self):
         super().__post_init__()
@@ -97,7 +106,7 @@ class DLMISearchState(DLMIState):
 class DLMISearch(DLMI):
     name = "dlmi-search"
     description = ("DLMI's straight-through gradient on Z + a search over hard prompts "
-                   "proposed by Z's top tokens (the default)")
+                   "proposed by Z's top tokens")
     config_class = DLMISearchConfig
 
     def init_state(self, batch: Batch) -> DLMISearchState:

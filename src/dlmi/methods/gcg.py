@@ -24,14 +24,16 @@ from dlmi.methods.base import (
     per_row,
 )
 from dlmi.methods.registry import register
+from dlmi.options import opt
 
 
 @dataclass
 class GCGConfig(MethodConfig):
-    top_k: int = 256  # candidate tokens per position (Zou et al. 2023)
-    search_width: int = 512  # single-swap candidates per step (Zou et al. 2023)
-    chunk_size: int = 128  # candidates per forward pass: bounds memory
-    filter_roundtrip: bool = True  # keep only prompts whose text re-tokenises to the same ids
+    top_k: int = opt(256, 'candidate tokens per position (Zou et al. 2023)', 'Zou et al. 2023')
+    search_width: int = opt(
+        512, 'single-swap candidates per step (Zou et al. 2023)', 'Zou et al. 2023')
+    chunk_size: int = opt(128, 'candidates per forward pass: bounds memory')
+    filter_roundtrip: bool = opt(True, 'keep only prompts whose text re-tokenises to the same ids')
 
     def __post_init__(self):
         super().__post_init__()

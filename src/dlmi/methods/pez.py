@@ -19,12 +19,13 @@ from dlmi.methods.base import (
 )
 from dlmi.methods.registry import register
 from dlmi.optim import BatchedAdam
+from dlmi.options import opt
 
 
 @dataclass
 class PEZConfig(MethodConfig):
-    lr: float = 0.1  # AdamW learning rate (Wen et al. 2023)
-    weight_decay: float = 0.1  # AdamW weight decay (Wen et al. 2023)
+    lr: float = opt(0.1, 'AdamW learning rate (Wen et al. 2023)', 'Wen et al. 2023')
+    weight_decay: float = opt(0.1, 'AdamW weight decay (Wen et al. 2023)', 'Wen et al. 2023')
 
     def __post_init__(self):
         super().__post_init__()

@@ -20,11 +20,12 @@ from dlmi.methods.base import (
     _at_least,
 )
 from dlmi.methods.registry import register
+from dlmi.options import opt
 
 
 @dataclass
 class RandomConfig(MethodConfig):
-    samples: int = 8  # proposals per step, as many forward passes as DLMI's 8 samples
+    samples: int = opt(8, "proposals per step, as many forward passes as DLMI's 8 samples")
 
     def __post_init__(self):
         super().__post_init__()

@@ -6,6 +6,14 @@ from dlmi.errors import UsageError
 
 _METHODS: dict[str, type] = {}
 
+# Built-in method name -> the module that registers it: names (for --help and choices) are
+# known without importing torch; a method's module is imported when it is first used.
+BUILTIN = {
+    "dlmi": "dlmi_method", "dlmi-notf": "dlmi_method", "dlmi-shared-tau": "dlmi_method",
+    "gbda": "dlmi_method", "dlmi-search": "dlmi_search", "gcg": "gcg", "pez": "pez",
+    "random": "random_search", "reinforce": "reinforce", "soda": "soda",
+}
+
 
 def register(cls):
     if cls.name in _METHODS:
@@ -15,8 +23,7 @@ def register(cls):
 
 
 def method_names() -> list[str]:
-    _load_builtin()
-    return sorted(_METHODS)
+    return sorted(set(_METHODS) | set(BUILTIN))
 
 
 DEFAULT_METHOD = "dlmi-search"  # what `dlmi invert` and dlmi.invert use when none is named
@@ -34,7 +41,10 @@ def method_for(config=None) -> str:
 
 
 def get_method(name: str) -> type:
-    _load_builtin()
+    if name in BUILTIN and name not in _METHODS:
+        import importlib
+
+        importlib.import_module(f"dlmi.methods.{BUILTIN[name]}")
     if name not in _METHODS:
         raise UsageError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
     return _METHODS[name]
@@ -42,4 +52,7 @@ def get_method(name: str) -> type:
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
-    from dlmi.methods import dlmi_method, dlmi_search, gcg, pez, random_search, reinforce, soda  # noqa: F401
+    import importlib
+
+    for module in sorted(set(BUILTIN.values())):
+        importlib.import_module(f"dlmi.methods.{module}")

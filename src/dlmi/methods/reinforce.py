@@ -26,16 +26,17 @@ from dlmi.methods.base import (
 )
 from dlmi.methods.registry import register
 from dlmi.optim import BatchedAdam
+from dlmi.options import opt
 
 
 @dataclass
 class ReinforceConfig(MethodConfig):
-    samples: int = 8  # Table 5 num_samples
-    lr: float = 0.1  # Table 5 learning_rate
-    baseline_beta: float = 0.9  # Table 5 reinforce_baseline_beta (EMA coefficient)
-    reward_scale: float = 1.0  # Table 5 reinforce_reward_scale
-    use_baseline: bool = True  # Table 5 reinforce_use_baseline
-    init_std: float = 1.0  # Z ~ N(0, 1) as for DLMI
+    samples: int = opt(8, 'Table 5 num_samples', 'Table 5')
+    lr: float = opt(0.1, 'Table 5 learning_rate', 'Table 5')
+    baseline_beta: float = opt(0.9, 'Table 5 reinforce_baseline_beta (EMA coefficient)', 'Table 5')
+    reward_scale: float = opt(1.0, 'Table 5 reinforce_reward_scale', 'Table 5')
+    use_baseline: bool = opt(True, 'Table 5 reinforce_use_baseline', 'Table 5')
+    init_std: float = opt(1.0, 'Z ~ N(0, 1) as for DLMI')
 
     def __post_init__(self):
         super().__post_init__()

@@ -24,21 +24,24 @@ from dlmi.methods.base import (
 )
 from dlmi.methods.registry import register
 from dlmi.optim import BatchedAdam
+from dlmi.options import opt
 
 
 @dataclass
 class SODAConfig(MethodConfig):
-    lr: float = 0.03  # Table 5
-    beta1: float = 0.9  # Table 5 soda_beta1
-    beta2: float = 0.995  # Table 5 soda_beta2
-    bias_correction: bool = False  # Table 5 soda_bias_correction
-    temperature: float = 0.05  # Table 5: softmax temperature of the logits
-    decay: float = 0.98  # Table 5 soda_decay_rate: logits *= decay after each step
-    reset_every: int = 50  # Table 5 soda_reset_epoch: Adam state reset period
-    reinit_every: int = 1500  # Table 5 soda_reinit_epoch
+    lr: float = opt(0.03, 'Adam learning rate on the logits', 'Table 5')
+    beta1: float = opt(0.9, 'Table 5 soda_beta1', 'Table 5')
+    beta2: float = opt(0.995, 'Table 5 soda_beta2', 'Table 5')
+    bias_correction: bool = opt(False, 'Table 5 soda_bias_correction', 'Table 5')
+    temperature: float = opt(0.05, 'Table 5: softmax temperature of the logits', 'Table 5')
+    decay: float = opt(0.98, 'Table 5 soda_decay_rate: logits *= decay after each step', 'Table 5')
+    reset_every: int = opt(50, 'Table 5 soda_reset_epoch: Adam state reset period', 'Table 5')
+    reinit_every: int = opt(
+        1500, 'Table 5 soda_reinit_epoch: logits re-initialised every this many steps',
+        'Table 5')
     # Zeros (Table 5 init_strategy) at the start; a re-initialisation to zeros would replay the
     # same deterministic trajectory, so re-initialisations draw N(0, reinit_std^2) instead.
-    reinit_std: float = 1.0
+    reinit_std: float = opt(1.0, 'std of the logits drawn at each re-initialisation')
 
     def __post_init__(self):
         super().__post_init__()

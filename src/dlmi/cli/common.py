@@ -1,7 +1,7 @@
-"""Command line: `dlmi invert | methods | targets | bench | report | diagnose`.
+"""What the commands share: exit codes, model and method flags, progress bars, output files.
 
-Only this module prints or configures logging. Bad input ends with one line on stderr and
-exit code 2; Ctrl-C keeps what was computed and exits 130.
+Only the CLI prints or configures logging; bad input raises UsageError, which `main` turns
+into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -18,48 +18,19 @@ from dlmi.options import COMMON_FLAGS, parse_value
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+MODEL_HELP = ("smollm2-135m (default), tiny-random, tiny-random-gpt2, a .gguf path, "
+              "a model directory or a Hugging Face id")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return EXIT_USAGE
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
-    _quiet_libraries()
-    if args.command != "report":  # reports stay torch-free
-        _flush_denormals()
-    try:
-        return args.handler(args)
-    except UsageError as exc:
-        print(f"dlmi: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("dlmi: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from dlmi import bench_cli, invert_cli
-
-    parser = argparse.ArgumentParser(
-        prog="dlmi", description="Find prompts that make a frozen language model say a target.")
-    sub = parser.add_subparsers(dest="command")
-    invert_cli.add_parser(sub)
-    methods = sub.add_parser("methods", help="list the registered inversion methods")
-    methods.set_defaults(handler=cmd_methods)
-    bench_cli.add_parsers(sub)
-    return parser
-
-
-def add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m",
-                   help="smollm2-135m (default), tiny-random, tiny-random-gpt2, a .gguf path, "
-                        "a model directory or a Hugging Face id")
+def add_model_flags(p: argparse.ArgumentParser, default: str | None = "smollm2-135m") -> None:
+    p.add_argument("--model", default=default, help=MODEL_HELP)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="weights' dtype (default float32)")
+
+
+def add_quiet_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no info logs")
 
 
 def add_method_flags(p: argparse.ArgumentParser) -> None:
@@ -68,7 +39,8 @@ def add_method_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-teacher-forcing", action="store_true",
                    help="free-running differentiable rollout instead of teacher forcing")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other option of the method's config, e.g. --set temperature=fixed")
+                   help="any other option of the method (`dlmi methods NAME` lists them), "
+                        "e.g. --set temperature=fixed")
 
 
 def method_overrides(args) -> dict:
@@ -78,10 +50,23 @@ def method_overrides(args) -> dict:
         out["teacher_forcing"] = False
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UsageError(f"--set takes KEY=VALUE, got {item!r}")
         out[key.strip().replace("-", "_")] = parse_value(value.strip())
     return out
+
+
+def int_list(text: str | None, flag: str) -> list[int] | None:
+    """'1,6,11' -> [1, 6, 11]; None stays None (flag not given)."""
+    if text is None:
+        return None
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise UsageError(f"{flag} is empty: give at least one integer")
+    return values
 
 
 def load_model_from_args(args):
@@ -89,6 +74,37 @@ def load_model_from_args(args):
 
     logging.getLogger(__name__).info("loading model %s", args.model)
     return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def check_writable(path: str | Path, flag: str) -> Path:
+    """Fail before any work when an output file cannot be written (a directory, or a parent
+    that is a file or not writable)."""
+    import os
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory: give a file path")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: cannot write under {parent}; choose another path")
+    return path
+
+
+def check_output_dir(path: str | Path, flag: str) -> Path:
+    """An output directory: fine if it exists as a directory or can be created."""
+    import os
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file: give a directory")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: cannot write under {parent}; choose another path")
+    return path
 
 
 def write_json_atomic(path: str | Path, payload) -> None:
@@ -125,16 +141,7 @@ class ProgressBar:
             self.bar.close()
 
 
-def cmd_methods(args) -> int:
-    from dlmi.methods.registry import get_method, method_names
-
-    width = max(map(len, method_names()))
-    for name in method_names():
-        print(f"{name:<{width}}  {get_method(name).description}")
-    return 0
-
-
-def _flush_denormals() -> None:
+def flush_denormals() -> None:
     """Treat subnormal floats as zero, for the CLI process only (a global setting the library
     leaves alone). Tempered softmaxes at low temperature produce them, and CPU arithmetic on
     subnormals is many times slower: measured 2x on a GBDA step of the tiny model."""
@@ -143,16 +150,13 @@ def _flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     import os
     import warnings
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", module="transformers")
+    warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
     for name in ("transformers", "accelerate", "gguf"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,118 @@
+"""`dlmi bench`: a grid of methods x targets x seeds x prompt lengths, resumable rows."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from dlmi.cli.common import ProgressBar, add_quiet_flag, check_writable, int_list
+from dlmi.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> None:
+    from dlmi.bench import PRESETS
+
+    b = sub.add_parser("bench", help="run a grid of methods x targets x seeds x prompt lengths",
+                       description="Run every missing row of a benchmark grid into a JSONL "
+                                   "file (rerun the same command to resume). Flags override "
+                                   "the preset or config file.")
+    b.add_argument("--preset", default=None, choices=PRESETS,
+                   help="a shipped grid (without preset or config: the paper's grid)")
+    b.add_argument("--config", default=None, metavar="FILE", help="YAML or TOML bench config")
+    b.add_argument("--out", required=True, metavar="FILE",
+                   help="results JSONL (appended; reruns resume)")
+    b.add_argument("--model", default=None, help="model spec (default: the config's)")
+    b.add_argument("--methods", default=None, help="comma-separated method names")
+    b.add_argument("--prompt-lengths", default=None, help="comma-separated, e.g. 10,80")
+    b.add_argument("--budgets", default=None,
+                   help="step budgets recorded in one run, e.g. 256,2048")
+    b.add_argument("--seeds", default=None, help="comma-separated, e.g. 0,1,2,3,4")
+    b.add_argument("--targets", dest="targets_file", default=None, metavar="FILE",
+                   help="targets file (JSONL or one per line) instead of generated targets")
+    b.add_argument("--batch-size", type=int, default=None, help="rows optimised together")
+    b.add_argument("--eval-every", type=int, default=None,
+                   help="judge prompts by greedy decoding every K steps")
+    b.add_argument("--time-limit", type=float, default=None,
+                   help="wall seconds per row (a batch of b rows gets b times this)")
+    b.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="a method option, e.g. --set gcg.search_width=64")
+    b.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    b.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="weights' dtype (default float32)")
+    add_quiet_flag(b)
+    b.set_defaults(handler=run)
+
+
+def bench_method_options(items: list[str]) -> dict[str, dict]:
+    from dlmi.options import parse_value
+
+    options: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method or not name:
+            raise UsageError(f"--set takes METHOD.KEY=VALUE, got {item!r}")
+        options.setdefault(method, {})[name.replace("-", "_")] = parse_value(value)
+    return options
+
+
+def run(args) -> int:
+    from dlmi.bench import check_spec, load_spec, run_bench, total_rows
+    from dlmi.models import load_model
+    from dlmi.results_io import read_rows
+
+    overrides = dict(
+        model=args.model,
+        methods=args.methods.split(",") if args.methods else None,
+        prompt_lengths=int_list(args.prompt_lengths, "--prompt-lengths"),
+        budgets=int_list(args.budgets, "--budgets"), seeds=int_list(args.seeds, "--seeds"),
+        targets_file=args.targets_file, batch_size=args.batch_size, eval_every=args.eval_every,
+        time_limit=args.time_limit,
+        device=args.device, dtype=args.dtype,
+    )
+    spec = load_spec(args.preset, args.config, **overrides)
+    extra = bench_method_options(args.set)
+    for method, opts in extra.items():
+        spec.method_options.setdefault(method, {}).update(opts)
+    check_spec(spec)  # every method's options, before the model loads
+    check_writable(args.out, "--out")
+    log.info("loading model %s", spec.model)
+    lm = load_model(spec.model, device=spec.device, dtype=spec.dtype)
+    before = len(read_rows(args.out))
+    n_targets = spec.targets.per_k * len(spec.targets.k)
+    if spec.targets_file:
+        from dlmi.target_file import read_target_file
+
+        n_targets = len(read_target_file(spec.targets_file))
+    total = total_rows(spec, n_targets)
+    overall = step_bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        overall = tqdm(total=total, initial=min(before, total), desc="rows", file=sys.stderr,
+                       position=0, dynamic_ncols=True)
+        step_bar = ProgressBar(spec.steps, desc="steps", position=1)
+
+    def on_row(row):
+        if overall:
+            overall.update(1)
+
+    def on_step(progress):
+        if step_bar:
+            step_bar.update(progress)
+
+    def on_job(job):
+        log.info("%s, N=%d: %d row(s) to run", job.method, job.prompt_length, len(job.pending))
+
+    try:
+        written = run_bench(spec, args.out, lm=lm, on_row=on_row, on_step=on_step, on_job=on_job)
+    finally:
+        for bar in (step_bar, overall):
+            if bar:
+                bar.close()
+    print(f"wrote {written} row(s) to {args.out} ({len(read_rows(args.out))} in the file)")
+    return 0
+
+

@@ -1,0 +1,91 @@
+"""`dlmi invert`: invert one target, or a file of targets as one batch."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from dlmi.cli.common import (
+    EXIT_INTERRUPTED,
+    ProgressBar,
+    add_method_flags,
+    add_model_flags,
+    add_quiet_flag,
+    check_writable,
+    load_model_from_args,
+    method_overrides,
+)
+from dlmi.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> None:
+    from dlmi.methods.registry import DEFAULT_METHOD, method_names
+
+    p = sub.add_parser("invert", help="find a prompt whose greedy output is the target",
+                       description="Find a prompt whose greedy output is the target; several "
+                                   "targets (--targets FILE) run as one batch.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--target", help="target text")
+    src.add_argument("--targets", "--target-file", dest="targets_file", metavar="FILE",
+                     help="targets file: one target per line, or JSONL with text/target_ids")
+    add_model_flags(p)
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
+                   metavar="METHOD", help=f"inversion method, one of {', '.join(method_names())}"
+                                          f" (default {DEFAULT_METHOD}; `dlmi methods NAME`)")
+    add_method_flags(p)
+    p.add_argument("--prefix", default=None,
+                   help="fixed context placed before the learnable prompt (not optimised)")
+    p.add_argument("--json", "--out", dest="json_out", default=None, metavar="FILE",
+                   help="append one results row per target (JSON Lines, the rows `dlmi bench` "
+                        "writes and `dlmi report` reads), each as soon as its target is done; "
+                        "rows cut short by Ctrl-C are marked interrupted and left out of reports")
+    add_quiet_flag(p)
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from dlmi.bench import result_row
+    from dlmi.config_builder import build_config
+    from dlmi.results_io import append_row
+    from dlmi.runner import run_inversion
+    from dlmi.target_file import read_target_file
+
+    config = build_config(args.method, overrides=method_overrides(args))  # before the model
+    if args.json_out:
+        check_writable(args.json_out, "--json")
+    if args.target is not None:
+        if not args.target:
+            raise UsageError("target is empty: give --target some text")
+        targets, rows = [args.target], [{}]
+    else:
+        specs = read_target_file(args.targets_file)
+        targets, rows = [s.target for s in specs], [s.row for s in specs]
+    lm = load_model_from_args(args)
+    prefix = lm.encode(args.prefix) if args.prefix else None
+
+    def save(index, result):  # each row as soon as its target is done (Ctrl-C: marked)
+        if args.json_out:
+            row = rows[index]
+            append_row(args.json_out, result_row(lm, result, args.model,
+                                                 row.get("id", f"t{index}"), row.get("k")))
+
+    bar = None if args.quiet else ProgressBar(config.steps)
+    try:
+        results = run_inversion(lm, targets, method=args.method, config=config,
+                                prefix_ids=prefix, callback=bar.update if bar else None,
+                                on_result=save)
+    finally:
+        if bar:
+            bar.close()
+    for i, result in enumerate(results):
+        if len(results) > 1:
+            print(f"--- target {i + 1}/{len(results)}")
+        print(result)
+    if args.json_out:
+        log.info("appended %d row(s) to %s", len(results), args.json_out)
+    if any(r.interrupted for r in results):
+        print("dlmi: interrupted; the results above are the best found so far", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
