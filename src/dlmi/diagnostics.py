@@ -140,11 +140,9 @@ def diagnose(lm, target_ids: list[int], estimators: list[EstimatorSpec], steps: 
 
 def plot_diagnostics(rows: list[dict], out_dir) -> list:
     """Violin plots of log10 max variance and log10 max bias per estimator (Figure 5)."""
-    import matplotlib
+    from dlmi.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = list(dict.fromkeys(r["estimator"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.6 * len(labels)), 4.2))
     for ax, key, title in ((axes[0], "max_variance", "max gradient variance"),
@@ -161,9 +159,4 @@ def plot_diagnostics(rows: list[dict], out_dir) -> list:
                     label="mean noise floor of the bias estimate")
     axes[1].legend(fontsize=8)
     fig.suptitle("Gradient estimators of the prompt logits: variance and bias")
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    paths = [out_dir / "gradient_diagnostics.png", out_dir / "gradient_diagnostics.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_dir, "gradient_diagnostics", top=0.93)

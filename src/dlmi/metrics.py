@@ -1,19 +1,8 @@
-"""Metrics of the paper's evaluation protocol. Token ids in, numbers out; no torch needed here.
-
-Each metric says whether higher is better (`HIGHER_IS_BETTER`), so tables and plots never guess.
-"""
+"""Metrics of the paper's evaluation protocol. Token ids in, numbers out; no torch needed here."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-HIGHER_IS_BETTER = {
-    "lcs_ratio": True,
-    "exact_match": True,
-    "overlap_rate": False,  # a prompt that copies the target is "cheating" (Section 4.3)
-    "prompt_perplexity": False,
-    "target_perplexity": False,
-}
 
 
 def lcs_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from dlmi.plots import pyplot, save_figure
 from dlmi.result import visible
 from dlmi.results_io import read_rows
 
@@ -70,24 +71,6 @@ METRICS = (
 )
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: Path, stem: str) -> list[Path]:
-    fig.tight_layout(rect=(0, 0, 1, 0.94))  # room for the suptitle above the panels
-    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=120, bbox_inches="tight")
-    _plt().close(fig)
-    return paths
-
-
 def _model_name(rows: list[dict]) -> str:
     return ", ".join(sorted({str(r.get("model")) for r in rows}))
 
@@ -96,7 +79,7 @@ def plot_lcs_vs_k(rows: list[dict], out: Path) -> list[Path]:
     rows = [r for r in rows if r.get("k") is not None]
     if not rows:
         return []
-    plt = _plt()
+    plt = pyplot()
     lengths = sorted({int(r["prompt_length"]) for r in rows})
     budgets = budgets_of(rows) or [None]
     methods = sorted({r["method"] for r in rows})
@@ -129,7 +112,7 @@ def plot_lcs_vs_k(rows: list[dict], out: Path) -> list[Path]:
             ax.legend(fontsize=8)
     fig.suptitle(f"Inversion accuracy vs target difficulty ({_model_name(rows)}), "
                  "mean ± s.e. over targets and seeds")
-    return _save(fig, out, "lcs_vs_k")
+    return save_figure(fig, out, "lcs_vs_k")
 
 
 def plot_temperature(rows: list[dict], out: Path) -> list[Path]:
@@ -141,7 +124,7 @@ def plot_temperature(rows: list[dict], out: Path) -> list[Path]:
                     float(h["temperature"]))
     if not series:
         return []
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for (method, n), by_step in sorted(series.items()):
         steps = sorted(by_step)
@@ -157,7 +140,7 @@ def plot_temperature(rows: list[dict], out: Path) -> list[Path]:
     ax.set_title("Learned Gumbel-Softmax temperature, mean ± s.e. over runs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out, "temperature")
+    return save_figure(fig, out, "temperature")
 
 
 def _anytime_curve(rows: list[dict], cost) -> tuple[list[float], list[float]]:
@@ -198,7 +181,7 @@ def plot_lcs_vs_compute(rows: list[dict], out: Path) -> list[Path]:
         groups[(r["method"], int(r.get("prompt_length") or len(r["prompt_ids"])))].append(r)
     if not any(r.get("history") for r in rows):
         return []
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for (method, n), group in sorted(groups.items()):
         for ax, cost in zip(axes, (flops, seconds), strict=True):
@@ -213,7 +196,7 @@ def plot_lcs_vs_compute(rows: list[dict], out: Path) -> list[Path]:
         ax.legend(fontsize=8)
     axes[0].set_ylabel("mean best LCS ratio so far")
     fig.suptitle("Inversion accuracy vs compute (anytime best, mean over rows)")
-    return _save(fig, out, "lcs_vs_compute")
+    return save_figure(fig, out, "lcs_vs_compute")
 
 
 def _cell(text: str, limit: int = 80) -> str:

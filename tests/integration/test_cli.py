@@ -95,3 +95,53 @@ def test_interrupt_prints_and_writes_best(tmp_path, capsys, monkeypatch):
     assert "prompt" in capsys.readouterr().out
     # A report leaves the unfinished row out instead of counting it.
     assert main(["report", str(out), "--out", str(tmp_path / "rep"), "--quiet"]) == 2
+
+
+def test_every_option_of_every_method_has_help(capsys):
+    from dlmi.methods.registry import get_method, method_names
+    from dlmi.option_docs import options_of
+
+    for name in method_names():
+        for option in options_of(get_method(name).config_class):
+            assert option["help"], (name, option["name"])
+
+
+def test_methods_name_prints_options_with_defaults_and_sources(capsys):
+    assert main(["methods", "dlmi-search"]) == 0
+    out = capsys.readouterr().out
+    assert "top_k" in out and "[measured]" in out and "[Table 5]" in out
+    assert main(["methods", "dlmi-search", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    opts = {o["name"]: o for o in doc["options"]}
+    from dlmi.methods.dlmi_search import DLMISearchConfig
+
+    assert opts["top_k"]["default"] == DLMISearchConfig().top_k
+    assert opts["time_limit"]["type"] == "float?" and opts["budgets"]["type"] == "list[int]"
+    assert main(["methods", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in listing if m["default"]] == ["dlmi-search"]
+
+
+def test_env_and_version(capsys):
+    assert main(["env", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["torch_threads"] >= 1 and info["versions"]["torch"]
+    assert info["device"] in ("cpu", "cuda")
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("dlmi ")
+
+
+def test_config_file_values_are_checked_like_flags(tmp_path):
+    from dlmi.bench import load_spec
+    from dlmi.errors import UsageError
+
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text("seeds: ['1', 2]\nmethod_options: {gcg: {top_k: '16'}}\nmethods: [gcg]\n")
+    spec = load_spec(None, str(cfg))
+    assert spec.seeds == [1, 2]  # text that is a number is read as one
+    from dlmi.bench import method_config
+
+    assert method_config(spec, "gcg", 10).top_k == 16
+    cfg.write_text("seeds: [1.5]\n")
+    with pytest.raises(UsageError, match="integer"):
+        load_spec(None, str(cfg))

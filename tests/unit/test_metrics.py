@@ -1,6 +1,6 @@
 import pytest
 
-from dlmi.metrics import HIGHER_IS_BETTER, exact_match, lcs_length, lcs_ratio, overlap_rate
+from dlmi.metrics import exact_match, lcs_length, lcs_ratio, overlap_rate
 
 
 @pytest.mark.parametrize("a,b,n", [
@@ -31,6 +31,3 @@ def test_overlap_rate_counts_target_tokens_found_in_prompt():
     assert overlap_rate([5], [2, 2, 5], ignore=[2]) == 1.0
     assert overlap_rate([5], [2, 2], ignore=[2]) == 0.0
 
-
-def test_every_metric_declares_its_direction():
-    assert HIGHER_IS_BETTER["lcs_ratio"] and not HIGHER_IS_BETTER["overlap_rate"]

@@ -7,7 +7,6 @@ into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -105,14 +104,6 @@ def check_output_dir(path: str | Path, flag: str) -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UsageError(f"{flag} {path}: cannot write under {parent}; choose another path")
     return path
-
-
-def write_json_atomic(path: str | Path, payload) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
-    tmp.replace(path)
 
 
 class ProgressBar:

@@ -9,8 +9,8 @@ results are the runner's job (`dlmi.runner`), identical for every method, so com
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 
@@ -93,11 +93,14 @@ class StepOutput:
     # (B,) the method proved (teacher-forced hits at every position) that its current prompt
     # reproduces the target: the runner judges it now instead of at the next evaluation point.
     solved: torch.Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Method(abc.ABC):
-    """Subclass, set `name`, `description` and `config_class`, and register with @register."""
+StateT = TypeVar("StateT")  # a method's own batched optimisation state (a dataclass)
+
+
+class Method(abc.ABC, Generic[StateT]):
+    """Subclass as Method[ItsState], set `name`, `description` and `config_class`, and
+    register with @register."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -108,19 +111,19 @@ class Method(abc.ABC):
         self.dlm = dlm
 
     @abc.abstractmethod
-    def init_state(self, batch: Batch) -> Any:
+    def init_state(self, batch: Batch) -> StateT:
         """Fresh optimisation state for the batch (initialise from each row's generator)."""
 
     @abc.abstractmethod
-    def step(self, state: Any, batch: Batch, step: int) -> StepOutput:
+    def step(self, state: StateT, batch: Batch, step: int) -> StepOutput:
         """One optimisation step (1-based `step`); updates `state` in place."""
 
     @abc.abstractmethod
-    def current_prompts(self, state: Any) -> torch.Tensor:
+    def current_prompts(self, state: StateT) -> torch.Tensor:
         """The hard prompt each row currently proposes: (B, N) long."""
 
     @abc.abstractmethod
-    def keep(self, state: Any, index: torch.Tensor) -> Any:
+    def keep(self, state: StateT, index: torch.Tensor) -> StateT:
         """State restricted to the rows in `index` (1-D long), moments and all."""
 
 
@@ -152,7 +155,7 @@ class IncumbentState:
     loss: torch.Tensor  # (B,) its loss
 
 
-class IncumbentSearch(Method):
+class IncumbentSearch(Method[IncumbentState]):
     """Discrete searches that hold one hard prompt per row (random search, GCG): they start
     from random tokens and report the incumbent as their current prompt."""
 

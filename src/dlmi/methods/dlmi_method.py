@@ -70,7 +70,7 @@ class DLMIState:
 
 
 @register
-class DLMI(Method):
+class DLMI(Method[DLMIState]):
     name = "dlmi"
     description = "DLMI: Gumbel-Softmax prompt, decoupled learnable temperatures, teacher forcing"
     config_class = DLMIConfig

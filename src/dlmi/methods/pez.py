@@ -39,7 +39,7 @@ class PEZState:
 
 
 @register
-class PEZ(Method):
+class PEZ(Method[PEZState]):
     name = "pez"
     description = "PEZ (Wen et al. 2023): projected continuous embeddings, straight-through"
     config_class = PEZConfig

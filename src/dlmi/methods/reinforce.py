@@ -54,7 +54,7 @@ class ReinforceState:
 
 
 @register
-class Reinforce(Method):
+class Reinforce(Method[ReinforceState]):
     name = "reinforce"
     description = "REINFORCE on the prompt distribution with an EMA baseline (unbiased)"
     config_class = ReinforceConfig

@@ -59,7 +59,7 @@ class SODAState:
 
 
 @register
-class SODA(Method):
+class SODA(Method[SODAState]):
     name = "soda"
     description = "SODA (Skapars et al. 2025): tempered softmax prompt, decayed Adam, restarts"
     config_class = SODAConfig
