@@ -41,7 +41,6 @@ def time_method(lm, method: str, targets: torch.Tensor, prompt_length: int, step
 
 def main(argv=None) -> int:
     from dlmi.cli.bench import bench_method_options
-
     from dlmi.methods.registry import method_names
     from dlmi.models import load_model
 
