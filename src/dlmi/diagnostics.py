@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlmi.dlm import DifferentiableLM, masked_cross_entropy
+from dlmi.dlm import DifferentiableLM
 from dlmi.errors import UsageError
 from dlmi.estimators import gumbel_noise
 from dlmi.methods.base import Batch, row_generators
@@ -87,13 +87,8 @@ def reference_gradient(dlm: DifferentiableLM, Z: torch.Tensor, batch: Batch, sam
     """
     N, V = Z.shape
     x = (Z[None] + gumbel_noise((samples, N, V), generator, Z.device)).argmax(-1)  # (K, N)
-    losses = []
-    for i in range(0, samples, chunk):
-        part = x[i:i + chunk]
-        t = batch.target_ids.expand(part.shape[0], -1)
-        logits = dlm.teacher_forced_logits(dlm.hard_embed(part), t, backward=False)
-        losses.append(masked_cross_entropy(logits, t, batch.mask.expand(part.shape[0], -1)))
-    L = torch.cat(losses)  # (K,)
+    L, _ = dlm.hard_losses(x, batch.target_ids.expand(samples, -1),
+                           batch.mask.expand(samples, -1), chunk)  # (K,)
     adv = (L - (L.sum() - L) / (samples - 1)) * samples / (samples - 1)  # leave-one-out
     p = torch.softmax(Z, -1)  # (N, V)
     per_sample = torch.zeros(samples, N, V, device=Z.device)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from dlmi.dlm import masked_cross_entropy
 from dlmi.errors import UsageError
 from dlmi.estimators import gumbel_noise
 from dlmi.methods.base import (
@@ -77,12 +76,10 @@ class Reinforce(Method[ReinforceState]):
         with torch.no_grad():  # Gumbel-max: exact samples of Cat(softmax(Z))
             noise = per_row(batch.generators, lambda g: gumbel_noise((S, N, V), g, Z.device))
             x = (Z[:, None] + noise).argmax(-1)  # (B, S, N)
-            flat = x.view(B * S, N)
-            targets = batch.target_ids.repeat_interleave(S, 0)
-            logits = self.dlm.teacher_forced_logits(self.dlm.hard_embed(flat), targets,
-                                                    backward=False)
-            loss = masked_cross_entropy(logits, targets,
-                                        batch.mask.repeat_interleave(S, 0)).view(B, S)
+            loss, _ = self.dlm.hard_losses(x.view(B * S, N),
+                                           batch.target_ids.repeat_interleave(S, 0),
+                                           batch.mask.repeat_interleave(S, 0), chunk=B * S)
+            loss = loss.view(B, S)
         logp = torch.log_softmax(Z, -1)[:, None].expand(B, S, N, V)
         logp_x = logp.gather(-1, x[..., None]).squeeze(-1).sum(-1)  # (B, S) log p(x)
         use = cfg.use_baseline and state.baseline is not None
