@@ -20,9 +20,9 @@ import torch
 
 def time_method(lm, method: str, targets: torch.Tensor, prompt_length: int, steps: int,
                 options: dict) -> tuple[float, float]:
-    from dlmi.dlm import DifferentiableLM
     from dlmi.methods.base import Batch, row_generators
     from dlmi.methods.registry import get_method
+    from dlmi.model.dlm import DifferentiableLM
 
     dlm = DifferentiableLM(lm)
     cls = get_method(method)
@@ -42,7 +42,7 @@ def time_method(lm, method: str, targets: torch.Tensor, prompt_length: int, step
 def main(argv=None) -> int:
     from dlmi.cli.bench import bench_method_options
     from dlmi.methods.registry import method_names
-    from dlmi.models import load_model
+    from dlmi.model.models import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE")
     args = p.parse_args(argv)
-    torch.set_flush_denormal(True)  # as the CLI does
+    torch.set_flush_denormal(True)  # as a run does (dlmi.model.numerics)
     methods = method_names() if args.methods == "all" else args.methods.split(",")
     options = bench_method_options(args.set)
     lm = load_model(args.model, device="cpu" if not torch.cuda.is_available() else None)

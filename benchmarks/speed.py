@@ -34,7 +34,7 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
 
 def time_load(spec: str) -> tuple[float, float, object]:
     """(first load incl. GGUF conversion into an empty cache, cached load, the model)."""
-    from dlmi.models import load_model
+    from dlmi.model.models import load_model
 
     with tempfile.TemporaryDirectory() as cache:
         os.environ["DLMI_CACHE"] = cache
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--steps", type=int, default=3, help="timed steps per prompt length")
     args = p.parse_args(argv)
-    torch.set_flush_denormal(True)  # as the CLI does
+    torch.set_flush_denormal(True)  # as a run does (dlmi.model.numerics)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     load_first, load_cached, lm = time_load(args.model)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dlmi.dlm import DifferentiableLM
-from dlmi.models import load_model
+from dlmi.model.dlm import DifferentiableLM
+from dlmi.model.models import load_model
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from dlmi.dlm import DifferentiableLM
-from dlmi.models import load_model
+from dlmi.model.dlm import DifferentiableLM
+from dlmi.model.models import load_model
 
 
 def main(paths: list[str]) -> None:

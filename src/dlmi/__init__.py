@@ -20,11 +20,11 @@ _EXPORTS = {
     "DLMISearchConfig": "dlmi.methods.dlmi_search",
     "get_method": "dlmi.methods.registry",
     "method_names": "dlmi.methods.registry",
-    "LoadedModel": "dlmi.models",
-    "load_model": "dlmi.models",
-    "InversionResult": "dlmi.result",
-    "Progress": "dlmi.runner",
-    "run_inversion": "dlmi.runner",
+    "LoadedModel": "dlmi.model.models",
+    "load_model": "dlmi.model.models",
+    "InversionResult": "dlmi.inversion.result",
+    "Progress": "dlmi.inversion.runner",
+    "run_inversion": "dlmi.inversion.runner",
 }
 
 
@@ -44,13 +44,13 @@ def invert(lm, target, config=None, method: str | None = None, **options):
     """Invert one target (text or token ids) -> InversionResult. Options override config.
 
     method: None picks the method of `config`'s class, else dlmi-search (the default)."""
-    from dlmi.runner import run_inversion
+    from dlmi.inversion.runner import run_inversion
 
     return run_inversion(lm, [target], method=method, config=config, **options)[0]
 
 
 def invert_batch(lm, targets, config=None, method: str | None = None, **options):
     """Invert several targets in one batched optimisation; one result per target, in order."""
-    from dlmi.runner import run_inversion
+    from dlmi.inversion.runner import run_inversion
 
     return run_inversion(lm, list(targets), method=method, config=config, **options)

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from dlmi.bench import load_spec, run_bench
 from dlmi.cli import main
-from dlmi.results_io import read_rows, row_key
+from dlmi.evaluation.bench import load_spec, run_bench
+from dlmi.evaluation.results_io import read_rows, row_key
 
 GRID = dict(model="tiny-random", methods=["dlmi", "random"], prompt_lengths=[4],
             budgets=[4, 8], seeds=[0, 1], eval_every=4, batch_size=3,

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dlmi.cli import main
-from dlmi.results_io import read_rows
+from dlmi.evaluation.results_io import read_rows
 from tests.conftest import hidden_prompt_target
 
 TINY = ["--model", "tiny-random", "--prompt-length", "4", "--eval-every", "4", "--quiet"]
@@ -71,7 +71,7 @@ def test_methods_lists_names_with_descriptions(capsys):
 
 
 def test_interrupt_prints_and_writes_best(tmp_path, capsys, monkeypatch):
-    import dlmi.runner as runner
+    import dlmi.inversion.runner as runner
 
     real_run = runner._Run.run
 
@@ -98,8 +98,8 @@ def test_interrupt_prints_and_writes_best(tmp_path, capsys, monkeypatch):
 
 
 def test_every_option_of_every_method_has_help(capsys):
+    from dlmi.inversion.option_docs import options_of
     from dlmi.methods.registry import get_method, method_names
-    from dlmi.option_docs import options_of
 
     for name in method_names():
         for option in options_of(get_method(name).config_class):
@@ -132,14 +132,14 @@ def test_env_and_version(capsys):
 
 
 def test_config_file_values_are_checked_like_flags(tmp_path):
-    from dlmi.bench import load_spec
     from dlmi.errors import UsageError
+    from dlmi.evaluation.bench import load_spec
 
     cfg = tmp_path / "grid.yaml"
     cfg.write_text("seeds: ['1', 2]\nmethod_options: {gcg: {top_k: '16'}}\nmethods: [gcg]\n")
     spec = load_spec(None, str(cfg))
     assert spec.seeds == [1, 2]  # text that is a number is read as one
-    from dlmi.bench import method_config
+    from dlmi.evaluation.bench import method_config
 
     assert method_config(spec, "gcg", 10).top_k == 16
     cfg.write_text("seeds: [1.5]\n")

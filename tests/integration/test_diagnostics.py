@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from dlmi.cli import main
-from dlmi.diagnostics import parse_estimators, reference_gradient
-from dlmi.dlm import DifferentiableLM, masked_cross_entropy
 from dlmi.errors import UsageError
+from dlmi.evaluation.diagnostics import parse_estimators, reference_gradient
 from dlmi.methods.base import Batch, row_generators
+from dlmi.model.dlm import DifferentiableLM, masked_cross_entropy
 
 
 def test_parse_estimators():

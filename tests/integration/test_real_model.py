@@ -4,7 +4,7 @@ import pytest
 
 import dlmi
 from dlmi.cli import main
-from dlmi.dlm import DifferentiableLM
+from dlmi.model.dlm import DifferentiableLM
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_default_method_inverts_easy_targets_in_few_steps(smollm2):
 
 
 def test_targets_at_k1_with_no_noise_are_greedy_continuations(smollm2):
-    from dlmi.targets import generate_targets
+    from dlmi.evaluation.targets import generate_targets
 
     row = generate_targets(smollm2, [1], per_k=1, length=6, sigma=0.0, seed=0)[0]
     import torch

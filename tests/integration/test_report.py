@@ -61,3 +61,19 @@ def test_report_does_not_import_torch(tmp_path):
 def test_missing_results_file(tmp_path, capsys):
     assert main(["report", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_anytime_table_compares_methods_at_equal_time_and_flops():
+    from dlmi.evaluation.report import anytime_table
+
+    rows = fixture_rows()
+    for r in rows:  # gbda runs twice as long and spends twice the FLOPs per step
+        if r["method"] == "gbda":
+            r["compute"] = {"flops": 16e9}
+            r["history"] = [dict(h, seconds=h["seconds"] * 2) for h in r["history"]]
+    text = anytime_table(rows)
+    # Largest cost: gbda's 4 s and 16 GFLOP; levels at 10/25/50/100 %. dlmi reached best 0.5
+    # at 1 s / 4 GFLOP and 1.0 at 2 s / 8 GFLOP, then had ended (†).
+    assert "| dlmi | 10 | 0.00 | 0.50 | 1.00 | 1.00† |" in text
+    assert "| gbda | 10 | 0.00 | 0.00 | 0.25 | 0.50 |" in text
+    assert "LCS @ 4 s" in text and "LCS @ 0.016 TFLOP" in text

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import dlmi
-from dlmi.dlm import DifferentiableLM
-from dlmi.estimators import effective_temperature, gumbel_noise
 from dlmi.methods.base import row_generators
 from dlmi.methods.dlmi_search import DLMISearchConfig
 from dlmi.metrics import lcs_ratio
+from dlmi.model.dlm import DifferentiableLM
+from dlmi.model.estimators import effective_temperature, gumbel_noise
 from tests.conftest import hidden_prompt_target
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -215,3 +215,29 @@ def test_unknown_objective_is_a_usage_error():
 
     with pytest.raises(UsageError, match="objective must be one of ce, cw"):
         DLMISearchConfig(objective="hinge")
+
+
+def test_a_stalled_search_restarts_near_its_best(tiny_lm, monkeypatch):
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    seen = []
+    real = DLMISearch._restart
+
+    def spy(self, state, batch, rows):
+        before = state.best.clone()
+        real(self, state, batch, rows)
+        if rows.any():
+            seen.append((before, state.incumbent.clone(), state.Z.detach().clone()))
+
+    monkeypatch.setattr(DLMISearch, "_restart", spy)
+    states = list(_clone_states(_drive(tiny_lm, 30, swaps=2, top_k=4, patience=0,
+                                       restart_after=2, restart_swaps=2)))
+    assert seen, "no restart in 30 steps of a 2-swap search"
+    for best, incumbent, Z in seen:
+        changed = (best != incumbent).nonzero(as_tuple=True)
+        assert len(changed[0]) <= 2  # at most restart_swaps positions differ from the best
+        top = Z.topk(4, dim=-1).indices  # (B, N, 4)
+        for b, p in zip(*changed, strict=True):
+            assert incumbent[b, p] in top[b, p]
+    best_losses = [loss for _, _, loss in states]
+    assert all(b <= a for a, b in zip(best_losses[:-1], best_losses[1:], strict=True))

@@ -3,7 +3,7 @@ import json
 import torch
 
 from dlmi.cli import main
-from dlmi.targets import generate_targets
+from dlmi.evaluation.targets import generate_targets
 
 
 def ranks_under_model(lm, row):

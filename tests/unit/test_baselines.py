@@ -1,9 +1,9 @@
 import torch
 
-from dlmi.dlm import DifferentiableLM
 from dlmi.methods.base import Batch, row_generators
 from dlmi.methods.gcg import roundtrip_mask, sample_swaps
 from dlmi.methods.soda import SODA, SODAConfig
+from dlmi.model.dlm import DifferentiableLM
 
 
 def soda_setup(tiny_lm, **cfg):
@@ -20,7 +20,7 @@ def test_soda_first_step_has_no_bias_correction_and_decays(tiny_lm):
     Z0 = state.Z.detach().clone()
     # Recompute the gradient the step will see.
     p = torch.softmax(state.Z / 0.05, -1)
-    from dlmi.dlm import masked_cross_entropy
+    from dlmi.model.dlm import masked_cross_entropy
 
     logits = method.dlm.teacher_forced_logits(method.dlm.soft_embed(p), batch.target_ids)
     (g,) = torch.autograd.grad(masked_cross_entropy(logits, batch.target_ids, batch.mask).sum(),

@@ -1,8 +1,8 @@
 import pytest
 
 from dlmi import DLMIConfig
-from dlmi.config_builder import build_config
 from dlmi.errors import UsageError
+from dlmi.inversion.config_builder import build_config
 
 
 def test_defaults_follow_table_5():

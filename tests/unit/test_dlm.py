@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlmi.dlm import DifferentiableLM, masked_cross_entropy
+from dlmi.model.dlm import DifferentiableLM, masked_cross_entropy
 
 
 def test_one_hot_soft_embedding_equals_hard_embedding(any_tiny):
@@ -96,7 +96,7 @@ def test_masked_cross_entropy_ignores_masked_positions():
 
 
 def test_margin_loss_is_negative_exactly_where_the_target_wins():
-    from dlmi.dlm import masked_margin_loss
+    from dlmi.model.dlm import masked_margin_loss
 
     logits = torch.tensor([[[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]]])  # (1, M=2, V=3)
     target = torch.tensor([[0, 2]])
@@ -109,3 +109,13 @@ def test_margin_loss_is_negative_exactly_where_the_target_wins():
     assert both.item() == 0.75
     masked = masked_margin_loss(logits, target, torch.tensor([[True, False]]), 0.5)
     assert masked.item() == -0.5
+
+
+def test_subnormals_are_flushed_during_a_run_only():
+    from dlmi.model.numerics import subnormals_flushed
+
+    tiny = torch.tensor([1e-40])  # subnormal in float32
+    assert tiny.item() != 0.0
+    with subnormals_flushed():
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() != 0.0

@@ -1,6 +1,6 @@
 import torch
 
-from dlmi.estimators import effective_temperature, gumbel_noise, gumbel_softmax
+from dlmi.model.estimators import effective_temperature, gumbel_noise, gumbel_softmax
 
 
 def test_temperature_stays_inside_its_bounds():

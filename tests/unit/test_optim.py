@@ -1,6 +1,6 @@
 import torch
 
-from dlmi.optim import BatchedAdam
+from dlmi.model.optim import BatchedAdam
 
 
 def test_matches_torch_adam():

@@ -11,11 +11,10 @@ import argparse
 import logging
 import sys
 
-from dlmi.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, flush_denormals, quiet_libraries
+from dlmi.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, quiet_libraries
 from dlmi.errors import UsageError
 
 COMMANDS = ("invert", "methods", "targets", "bench", "report", "diagnose", "env")
-NO_COMPUTE = ("report", "methods", "env")  # no need to flush subnormal floats
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,8 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     quiet_libraries()
-    if args.command not in NO_COMPUTE:
-        flush_denormals()
     try:
         return args.handler(args)
     except UsageError as exc:
@@ -52,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    from dlmi.provenance import package_version
+    from dlmi.inversion.provenance import package_version
 
     parser = _Parser(prog="dlmi",
                      description="Find prompts that make a frozen language model say a target.")

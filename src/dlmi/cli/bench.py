@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
-    from dlmi.bench import PRESETS
+    from dlmi.evaluation.bench import PRESETS
 
     b = sub.add_parser("bench", help="run a grid of methods x targets x seeds x prompt lengths",
                        description="Run every missing row of a benchmark grid into a JSONL "
@@ -59,9 +59,9 @@ def bench_method_options(items: list[str]) -> dict[str, dict]:
 
 
 def run(args) -> int:
-    from dlmi.bench import check_spec, load_spec, run_bench, total_rows
-    from dlmi.models import load_model
-    from dlmi.results_io import read_rows
+    from dlmi.evaluation.bench import check_spec, load_spec, run_bench, total_rows
+    from dlmi.evaluation.results_io import read_rows
+    from dlmi.model.models import load_model
 
     overrides = dict(
         model=args.model,
@@ -83,7 +83,7 @@ def run(args) -> int:
     before = len(read_rows(args.out))
     n_targets = spec.targets.per_k * len(spec.targets.k)
     if spec.targets_file:
-        from dlmi.target_file import read_target_file
+        from dlmi.evaluation.target_file import read_target_file
 
         n_targets = len(read_target_file(spec.targets_file))
     total = total_rows(spec, n_targets)

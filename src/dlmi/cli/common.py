@@ -69,7 +69,7 @@ def int_list(text: str | None, flag: str) -> list[int] | None:
 
 
 def load_model_from_args(args):
-    from dlmi.models import load_model
+    from dlmi.model.models import load_model
 
     logging.getLogger(__name__).info("loading model %s", args.model)
     return load_model(args.model, device=args.device, dtype=args.dtype)
@@ -132,15 +132,6 @@ class ProgressBar:
             self.bar.close()
 
 
-def flush_denormals() -> None:
-    """Treat subnormal floats as zero, for the CLI process only (a global setting the library
-    leaves alone). Tempered softmaxes at low temperature produce them, and CPU arithmetic on
-    subnormals is many times slower: measured 2x on a GBDA step of the tiny model."""
-    import torch
-
-    torch.set_flush_denormal(True)
-
-
 def quiet_libraries() -> None:
     import os
     import warnings
@@ -148,6 +139,5 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", module="transformers")
-    warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
     for name in ("transformers", "accelerate", "gguf"):
         logging.getLogger(name).setLevel(logging.ERROR)

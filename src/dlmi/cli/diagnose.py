@@ -33,9 +33,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from dlmi.diagnostics import diagnose, parse_estimators, plot_diagnostics
-    from dlmi.results_io import append_row
-    from dlmi.runner import target_ids_of
+    from dlmi.evaluation.diagnostics import diagnose, parse_estimators, plot_diagnostics
+    from dlmi.evaluation.results_io import append_row
+    from dlmi.inversion.runner import target_ids_of
+    from dlmi.model.numerics import subnormals_flushed
 
     estimators = parse_estimators(args.estimators)
     seeds = int_list(args.seeds, "--seeds")
@@ -60,9 +61,11 @@ def run(args) -> int:
                   f"max var {row['max_variance']:.3g}, max bias {row['max_bias']:.3g} "
                   f"(noise floor {row['bias_noise_floor']:.3g})", flush=True)
 
-    rows = diagnose(lm, ids, estimators, steps=args.steps, repeats=args.repeats,
-                    reference_samples=args.reference_samples, prompt_length=args.prompt_length,
-                    samples=args.samples, seeds=tuple(seeds), on_row=on_row)
+    with subnormals_flushed():  # as an inversion run: low-temperature estimators make them
+        rows = diagnose(lm, ids, estimators, steps=args.steps, repeats=args.repeats,
+                        reference_samples=args.reference_samples,
+                        prompt_length=args.prompt_length, samples=args.samples,
+                        seeds=tuple(seeds), on_row=on_row)
     for path in plot_diagnostics(rows, out):
         print(path)
     print(rows_path)

@@ -18,8 +18,8 @@ def facts() -> dict:
     import torch
 
     from dlmi.errors import UsageError
-    from dlmi.models import cache_dir, smollm2_gguf_path
-    from dlmi.provenance import library_versions, package_version
+    from dlmi.inversion.provenance import library_versions, package_version
+    from dlmi.model.models import cache_dir, smollm2_gguf_path
 
     try:
         gguf = str(smollm2_gguf_path())

@@ -46,11 +46,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from dlmi.bench import result_row
-    from dlmi.config_builder import build_config
-    from dlmi.results_io import append_row
-    from dlmi.runner import run_inversion
-    from dlmi.target_file import read_target_file
+    from dlmi.evaluation.bench import result_row
+    from dlmi.evaluation.results_io import append_row
+    from dlmi.evaluation.target_file import read_target_file
+    from dlmi.inversion.config_builder import build_config
+    from dlmi.inversion.runner import run_inversion
 
     config = build_config(args.method, overrides=method_overrides(args))  # before the model
     if args.json_out:

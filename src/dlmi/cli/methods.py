@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from dlmi.inversion.option_docs import options_of
     from dlmi.methods.registry import DEFAULT_METHOD, get_method, method_names
-    from dlmi.option_docs import options_of
 
     if args.name is None:
         listing = [{"name": n, "description": get_method(n).description,

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from dlmi.report import write_report
+    from dlmi.evaluation.report import write_report
 
     paths = [Path(p) for p in args.results]
     for p in paths:

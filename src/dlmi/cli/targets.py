@@ -33,8 +33,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from dlmi.results_io import append_row
-    from dlmi.targets import generate_targets
+    from dlmi.evaluation.results_io import append_row
+    from dlmi.evaluation.targets import generate_targets
 
     ks = int_list(args.k, "--k")
     if any(k < 1 for k in ks):

@@ -3,7 +3,8 @@
 A method owns a batched optimisation state for B targets and knows three things: how to start
 (`init_state`), how to take one step (`step`), and which hard prompt it currently believes in
 (`current_prompts`). Evaluation, best-so-far bookkeeping, early stop, budgets, interrupts and
-results are the runner's job (`dlmi.runner`), identical for every method, so comparisons are fair.
+results are the runner's job (`dlmi.inversion.runner`), identical for every method, so
+comparisons are fair.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import ClassVar, Generic, TypeVar
 
 import torch
 
-from dlmi.dlm import DifferentiableLM
 from dlmi.errors import UsageError
+from dlmi.model.dlm import DifferentiableLM
 from dlmi.options import opt, option_hint
 
 

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlmi.dlm import masked_cross_entropy
 from dlmi.errors import UsageError
-from dlmi.estimators import TEMPERATURE_MODES, effective_temperature, gumbel_noise, gumbel_softmax
 from dlmi.methods.base import (
     Batch,
     Method,
@@ -20,7 +18,14 @@ from dlmi.methods.base import (
     per_row,
 )
 from dlmi.methods.registry import register
-from dlmi.optim import BatchedAdam
+from dlmi.model.dlm import masked_cross_entropy
+from dlmi.model.estimators import (
+    TEMPERATURE_MODES,
+    effective_temperature,
+    gumbel_noise,
+    gumbel_softmax,
+)
+from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 
 

@@ -26,13 +26,13 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from dlmi.dlm import OBJECTIVES, target_loss
 from dlmi.errors import UsageError
-from dlmi.estimators import gumbel_softmax
 from dlmi.methods.base import Batch, StepOutput, _at_least, per_row
 from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
 from dlmi.methods.registry import register
-from dlmi.optim import BatchedAdam
+from dlmi.model.dlm import OBJECTIVES, target_loss
+from dlmi.model.estimators import gumbel_softmax
+from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 
 PROPOSALS = ("z", "gradient", "both")
@@ -71,6 +71,12 @@ class DLMISearchConfig(GumbelPromptConfig):
     objective: str = opt(
         "cw", "loss of the gradient and the search: cw (margin) or ce", "measured")
     cw_margin: float = opt(1.0, "cw only: a position won by this many logits earns nothing more")
+    # Iterated local search: after this many steps in which the best prompt did not improve,
+    # the search restarts from the best prompt with `restart_swaps` random changes drawn from
+    # Z's top tokens, to leave a basin single swaps cannot (0: never).
+    restart_after: int = opt(
+        0, "steps without a better best prompt before restarting from a perturbed best (0: off)")
+    restart_swaps: int = opt(3, "positions changed at a restart, each to one of Z's top_k")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
 
     def __post_init__(self):
@@ -80,6 +86,8 @@ class DLMISearchConfig(GumbelPromptConfig):
         _at_least(self, "top_k", 1)
         _at_least(self, "patience", 0)
         _at_least(self, "cw_margin", 0.0)
+        _at_least(self, "restart_after", 0)
+        _at_least(self, "restart_swaps", 1)
         if self.objective not in OBJECTIVES:
             raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, "
                              f"got {self.objective!r}: change --set objective=VALUE")
@@ -99,7 +107,8 @@ class DLMISearchState(DLMIState):
     best: torch.Tensor | None = None  # (B, N) lowest-loss (exact first) hard prompt so far
     best_loss: torch.Tensor | None = None  # (B,)
     best_exact: torch.Tensor | None = None  # (B,)
-    stall: torch.Tensor | None = None  # (B,) steps since the best last improved
+    stall: torch.Tensor | None = None  # (B,) steps since the best last improved or a kick
+    since_best: torch.Tensor | None = None  # (B,) steps since the best last improved
 
 
 @register
@@ -130,6 +139,7 @@ class DLMISearch(DLMI):
             state.incumbent_exact = state.best_exact = torch.zeros(B, dtype=torch.bool,
                                                                    device=dev)
             state.stall = torch.zeros(B, dtype=torch.long, device=dev)
+            state.since_best = torch.zeros(B, dtype=torch.long, device=dev)
         samples, sample_loss, sample_exact, tau, train_argmax, grad = self._gradient_step(
             state, batch)
         with torch.no_grad():
@@ -165,6 +175,9 @@ class DLMISearch(DLMI):
             self._set(state, "incumbent", torch.ones_like(improved), pool[rows, choice],
                       pool_loss[rows, choice], pool_exact[rows, choice])
             state.stall = torch.where(kick, 0, state.stall)
+            state.since_best = torch.where(improved, 0, state.since_best + 1)
+            if cfg.restart_after:
+                self._restart(state, batch, state.since_best >= cfg.restart_after)
         return StepOutput(loss=state.best_loss.clone(), temperature=tau.detach().mean(1),
                           train_argmax=train_argmax, solved=state.best_exact.clone())
 
@@ -245,6 +258,28 @@ class DLMISearch(DLMI):
         cand = state.incumbent[:, None].repeat(1, W, 1)
         cand.scatter_(2, pos[..., None], tokens[..., None])
         return cand, pos, tokens
+
+    def _restart(self, state: DLMISearchState, batch: Batch, rows: torch.Tensor) -> None:
+        """Rows (B,) bool start again from their best prompt with `restart_swaps` positions
+        redrawn from Z's top_k tokens; the incumbent's loss is unknown until scored."""
+        if not bool(rows.any()):
+            return
+        cfg = self.config
+        Z = state.Z.detach()  # (B, N, V)
+        B, N, V = Z.shape
+        k, R, dev = min(cfg.top_k, V), min(cfg.restart_swaps, N), Z.device
+        pos = per_row(batch.generators,
+                      lambda g: torch.randperm(N, generator=g, device=dev)[:R])  # (B, R)
+        pick = per_row(batch.generators,
+                       lambda g: torch.randint(k, (R,), generator=g, device=dev))  # (B, R)
+        top = Z.topk(k, dim=-1).indices.gather(1, pos[..., None].expand(B, R, k))  # (B, R, k)
+        tokens = top.gather(2, pick[..., None]).squeeze(-1)  # (B, R)
+        restarted = state.best.clone().scatter_(1, pos, tokens)  # (B, N)
+        state.incumbent = torch.where(rows[:, None], restarted, state.incumbent)
+        state.incumbent_loss = torch.where(rows, float("inf"), state.incumbent_loss)
+        state.incumbent_exact = state.incumbent_exact & ~rows
+        state.since_best = torch.where(rows, 0, state.since_best)
+        state.stall = torch.where(rows, 0, state.stall)
 
     @staticmethod
     def _forget(state: DLMISearchState, pos: torch.Tensor, tokens: torch.Tensor,

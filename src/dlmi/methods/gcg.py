@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dlmi.dlm import masked_cross_entropy
 from dlmi.methods.base import (
     Batch,
     IncumbentSearch,
@@ -24,6 +23,7 @@ from dlmi.methods.base import (
     per_row,
 )
 from dlmi.methods.registry import register
+from dlmi.model.dlm import masked_cross_entropy
 from dlmi.options import opt
 
 
@@ -85,25 +85,29 @@ class GCG(IncumbentSearch):
         (grad,) = torch.autograd.grad(loss.sum(), one_hot)
         return loss.detach(), grad
 
-    def candidate_losses(self, cand: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """cand (B, W, N) -> teacher-forced loss (B, W), evaluated chunk by chunk."""
+    def candidate_losses(self, cand: torch.Tensor, batch: Batch,
+                         keep: torch.Tensor | None = None) -> torch.Tensor:
+        """cand (B, W, N) -> teacher-forced loss (B, W), evaluated chunk by chunk; with `keep`
+        (B, W) bool, only those candidates are scored and the others get +inf."""
         B, W, N = cand.shape
-        loss, _ = self.dlm.hard_losses(cand.reshape(B * W, N),
-                                       batch.target_ids.repeat_interleave(W, 0),
-                                       batch.mask.repeat_interleave(W, 0), self.config.chunk_size)
-        return loss.view(B, W)
+        keep = torch.ones(B, W, dtype=torch.bool, device=cand.device) if keep is None else keep
+        row = torch.arange(B, device=cand.device)[:, None].expand(B, W)[keep]  # (R,)
+        scored, _ = self.dlm.hard_losses(cand[keep], batch.target_ids[row], batch.mask[row],
+                                         self.config.chunk_size)
+        return torch.full((B, W), float("inf"), device=cand.device).masked_scatter(keep, scored)
 
     def step(self, state: IncumbentState, batch: Batch, step: int) -> StepOutput:
         cfg = self.config
         loss, grad = self.token_gradients(state.prompts, batch)
         top = (-grad).topk(min(cfg.top_k, grad.shape[-1]), dim=-1).indices  # (B, N, K)
         cand = sample_swaps(state.prompts, top, cfg.search_width, batch.generators)
-        losses = self.candidate_losses(cand, batch)  # (B, W)
-        if cfg.filter_roundtrip:
-            ok = roundtrip_mask(self.dlm.lm, cand)
+        if cfg.filter_roundtrip:  # before scoring: a filtered swap costs no forward
+            ok = roundtrip_mask(self.dlm.lm, cand)  # (B, W)
             # A row with no valid swap keeps all of them rather than stalling.
             ok |= ~ok.any(1, keepdim=True)
-            losses = losses.masked_fill(~ok, float("inf"))
+            losses = self.candidate_losses(cand, batch, ok)
+        else:
+            losses = self.candidate_losses(cand, batch)  # (B, W)
         best_loss, best = losses.min(1)
         state.prompts = cand[torch.arange(cand.shape[0], device=cand.device), best]
         state.loss = best_loss

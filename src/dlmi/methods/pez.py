@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dlmi.dlm import masked_cross_entropy
 from dlmi.methods.base import (
     Batch,
     Method,
@@ -18,7 +17,8 @@ from dlmi.methods.base import (
     random_prompt_ids,
 )
 from dlmi.methods.registry import register
-from dlmi.optim import BatchedAdam
+from dlmi.model.dlm import masked_cross_entropy
+from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 from dlmi.errors import UsageError
-from dlmi.estimators import gumbel_noise
 from dlmi.methods.base import (
     Batch,
     Method,
@@ -24,7 +23,8 @@ from dlmi.methods.base import (
     per_row,
 )
 from dlmi.methods.registry import register
-from dlmi.optim import BatchedAdam
+from dlmi.model.estimators import gumbel_noise
+from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from dlmi.dlm import masked_cross_entropy
 from dlmi.errors import UsageError
 from dlmi.methods.base import (
     Batch,
@@ -23,7 +22,8 @@ from dlmi.methods.base import (
     per_row,
 )
 from dlmi.methods.registry import register
-from dlmi.optim import BatchedAdam
+from dlmi.model.dlm import masked_cross_entropy
+from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 
 

@@ -17,16 +17,17 @@ from dataclasses import dataclass
 
 import torch
 
-from dlmi.compute import ComputeCounter
-from dlmi.config_builder import build_config
-from dlmi.dlm import DifferentiableLM
 from dlmi.errors import UsageError
+from dlmi.inversion.config_builder import build_config
+from dlmi.inversion.provenance import provenance
+from dlmi.inversion.result import InversionResult
 from dlmi.methods.base import Batch, MethodConfig, row_generators
 from dlmi.methods.registry import get_method, method_for
 from dlmi.metrics import lcs_ratio
-from dlmi.models import LoadedModel
-from dlmi.provenance import provenance
-from dlmi.result import InversionResult
+from dlmi.model.compute import ComputeCounter
+from dlmi.model.dlm import DifferentiableLM
+from dlmi.model.models import LoadedModel
+from dlmi.model.numerics import subnormals_flushed
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,11 @@ def run_inversion(
     seeds = [cfg.seed] * len(ids) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != len(ids):
         raise UsageError(f"got {len(seeds)} seeds for {len(ids)} targets")
-    return _Run(lm, get_method(method)(cfg, DifferentiableLM(lm, prefix)), ids, seeds,
-                callback, on_result).run()
+    run = _Run(lm, get_method(method)(cfg, DifferentiableLM(lm, prefix)), ids, seeds,
+               callback, on_result)
+    with subnormals_flushed():
+        return run.run()
+
 
 
 @dataclass
@@ -224,15 +228,25 @@ class _Run:
     def _evaluate(self, state, candidates, step: int) -> None:
         target, mask = self.batch.target_ids, self.batch.mask
         current = self.method.current_prompts(state)  # (b, N)
-        chosen = current
-        if candidates is not None:
-            cands = torch.cat([current[:, None], candidates], dim=1)  # (b, K, N)
-            b, K, N = cands.shape
-            hits = self.dlm.teacher_forced_hits(cands.view(b * K, N),
-                                                target.repeat_interleave(K, 0)).view(b, K, -1)
-            score = (hits & mask[:, None]).sum(-1)  # (b, K); ties keep index 0, the current one
-            chosen = cands[torch.arange(b, device=cands.device), score.argmax(1)]
-        output = self.dlm.greedy_decode(chosen, target.shape[1])
+        cands = current[:, None] if candidates is None else torch.cat(
+            [current[:, None], candidates], dim=1)  # (b, K, N)
+        b, K, N = cands.shape
+        # One teacher-forced pass over the distinct prompts: hits (b, K, M).
+        rows = torch.arange(b, device=cands.device)
+        keyed = torch.cat([rows.repeat_interleave(K)[:, None], cands.reshape(b * K, N)], 1)
+        distinct, back = torch.unique(keyed, dim=0, return_inverse=True)
+        hits = self.dlm.teacher_forced_hits(distinct[:, 1:], target[distinct[:, 0]])
+        hits = hits[back].view(b, K, -1)
+        score = (hits | ~mask[:, None]).sum(-1)  # (b, K); ties keep index 0, the current one
+        pick = score.argmax(1)
+        chosen = cands[rows, pick]  # (b, N)
+        # Every scored position hit under teacher forcing: greedy decoding gives the target
+        # (see DifferentiableLM.teacher_forced_hits), so only the other rows are decoded.
+        proven = score[rows, pick] == target.shape[1]  # (b,)
+        eos = self.dlm.eos_id
+        output = target.clone() if eos is None else torch.where(mask, target, eos)  # (b, M)
+        if not bool(proven.all()):
+            output[~proven] = self.dlm.greedy_decode(chosen[~proven], target.shape[1])
         for j, b in enumerate(self.active):
             r = self.rows[b]
             out_ids = output[j, : len(r.ids)].tolist()

@@ -16,9 +16,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from dlmi.plots import pyplot, save_figure
-from dlmi.result import visible
-from dlmi.results_io import read_rows
+from dlmi.evaluation.plots import pyplot, save_figure
+from dlmi.evaluation.results_io import read_rows
+from dlmi.inversion.result import visible
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -168,17 +168,62 @@ def _anytime_curve(rows: list[dict], cost) -> tuple[list[float], list[float]]:
     return levels, means
 
 
-def plot_lcs_vs_compute(rows: list[dict], out: Path) -> list[Path]:
-    def flops(r, h):  # compute is spent evenly over steps, so share it by step
-        steps = max(int(r.get("steps") or 1), 1)
-        return float(r.get("compute", {}).get("flops", 0.0)) * int(h["step"]) / steps
+def _flops_at(r, h) -> float:
+    """FLOPs a row had spent at history point h: compute is spent evenly over steps."""
+    steps = max(int(r.get("steps") or 1), 1)
+    return float(r.get("compute", {}).get("flops", 0.0)) * int(h["step"]) / steps
 
-    def seconds(r, h):
-        return float(h.get("seconds", 0.0))
 
+def _seconds_at(r, h) -> float:
+    return float(h.get("seconds", 0.0))
+
+
+def _by_method(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
     groups = defaultdict(list)
     for r in rows:
         groups[(r["method"], int(r.get("prompt_length") or len(r["prompt_ids"])))].append(r)
+    return groups
+
+
+ANYTIME_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
+def anytime_table(rows: list[dict]) -> str:
+    """Mean best hard LCS of each method at equal wall time and at equal FLOPs, at fractions
+    of the largest cost any method spent. A method whose run had already ended keeps its final
+    best there (marked †): it stopped on its step budget or on success, not for lack of time."""
+    groups = {k: [r for r in g if r.get("history")] for k, g in _by_method(rows).items()}
+    groups = {k: g for k, g in groups.items() if g}
+    blocks = []
+    for name, cost, unit, scale in (("wall time", _seconds_at, "s", 1.0),
+                                    ("FLOPs", _flops_at, "TFLOP", 1e12)):
+        top = max((cost(r, r["history"][-1]) for g in groups.values() for r in g), default=0.0)
+        if top <= 0:
+            continue
+        levels = [top * f for f in ANYTIME_FRACTIONS]
+        lines = [f"At equal {name} (mean best hard LCS so far, over rows; † the run had ended "
+                 "and keeps its final best):", "",
+                 "| method | N | " + " | ".join(f"LCS @ {lv / scale:.3g} {unit}"
+                                                for lv in levels) + " |",
+                 "| --- | --- | " + " | ".join("---" for _ in levels) + " |"]
+        for (method, n), g in sorted(groups.items()):
+            end = max(cost(r, r["history"][-1]) for r in g)
+            cells = []
+            for lv in levels:
+                best = []
+                for r in g:
+                    reached = [float(h["best_lcs"]) for h in r["history"] if cost(r, h) <= lv]
+                    best.append(reached[-1] if reached else 0.0)
+                mark = "†" if lv > end * (1 + 1e-9) else ""
+                cells.append(f"{sum(best) / len(best):.2f}{mark}")
+            lines.append(f"| {method} | {n} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def plot_lcs_vs_compute(rows: list[dict], out: Path) -> list[Path]:
+    flops, seconds = _flops_at, _seconds_at
+    groups = _by_method(rows)
     if not any(r.get("history") for r in rows):
         return []
     plt = pyplot()
@@ -282,7 +327,7 @@ def write_report(paths: list[Path], out: Path) -> list[Path]:
         "success; overlap: share of target tokens found in the "
         "prompt (the cheating check, lower is better); s/row: wall seconds until the row was "
         "done; GFLOP/row: estimated matmul FLOPs it used; k = all: every difficulty.\n\n"
-        + summary_table(rows) + "\n")
+        + summary_table(rows) + "\n\n" + anytime_table(rows))
     written.append(summary)
     written += write_method_tables(rows, out)
     return written

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dlmi.compute import ComputeCounter, ModelShape
-from dlmi.estimators import gumbel_noise, gumbel_softmax
-from dlmi.models import LoadedModel
+from dlmi.model.compute import ComputeCounter, ModelShape
+from dlmi.model.estimators import gumbel_noise, gumbel_softmax
+from dlmi.model.kv_cache import cache_of, with_cache
+from dlmi.model.models import LoadedModel
 
 
 class DifferentiableLM:
@@ -104,12 +105,12 @@ class DifferentiableLM:
         cached = 0
         steps = []
         for _ in range(M):
-            out = self.model(inputs_embeds=embeds, past_key_values=past, use_cache=True,
-                             logits_to_keep=1)
+            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1,
+                             **with_cache(self.model, past))
             self._count(B, embeds.shape[1], 1, soft_positions if past is None else 1, cached,
                         backward=True)
             cached += embeds.shape[1]
-            past = out.past_key_values
+            past = cache_of(self.model, out)
             logits = out.logits[:, -1]  # (B, V)
             steps.append(logits)
             noise = torch.stack([gumbel_noise(logits.shape[1:], g, logits.device, logits.dtype)
@@ -141,8 +142,8 @@ class DifferentiableLM:
                 finished |= nxt == self.eos_id
             tokens.append(nxt)
             if m + 1 < M:
-                out = self.model(input_ids=nxt[:, None], past_key_values=out.past_key_values,
-                                 use_cache=True, logits_to_keep=1)
+                out = self.model(input_ids=nxt[:, None], use_cache=True, logits_to_keep=1,
+                                 **with_cache(self.model, cache_of(self.model, out)))
                 self._count(B, 1, 1, cached=cached)
                 cached += 1
         return torch.stack(tokens, dim=1)
@@ -198,7 +199,10 @@ class DifferentiableLM:
 def masked_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor,
                          mask: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over scored positions, per row. logits (B, M, V) -> (B,)."""
-    ce = F.cross_entropy(logits.transpose(1, 2).float(), target_ids, reduction="none")  # (B, M)
+    B, M, V = logits.shape
+    # Flattened rows, not logits.transpose(1, 2): the transpose would copy logits and gradient.
+    ce = F.cross_entropy(logits.reshape(B * M, V).float(), target_ids.reshape(B * M),
+                         reduction="none").view(B, M)
     mask = mask.to(ce.dtype)
     return (ce * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 

@@ -85,7 +85,7 @@ def load_model(
     dev = _parse_device(device)
     dt = _parse_dtype(dtype)
     if spec in TINY_SPECS:
-        from dlmi.tiny import build_tiny_model
+        from dlmi.model.tiny import build_tiny_model
 
         model, tokenizer = build_tiny_model(arch="gpt2" if spec.endswith("gpt2") else "llama")
     elif spec.lower() in (DEFAULT_SPEC, "smollm2-135m-instruct"):

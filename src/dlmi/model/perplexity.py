@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from dlmi.models import LoadedModel
+from dlmi.model.models import LoadedModel
 
 
 @torch.no_grad()

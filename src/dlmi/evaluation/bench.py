@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from dlmi.errors import UsageError
-from dlmi.results_io import append_row, read_rows, row_key
+from dlmi.evaluation.results_io import append_row, read_rows, row_key
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _read_config(path: Path) -> dict:
 
 def _build(cls, data: dict, what: str):
     """The dataclass from config-file values, each type-checked like a flag."""
-    from dlmi.config_builder import coerce
+    from dlmi.inversion.config_builder import coerce
 
     return cls(**coerce(cls, data, what, hint=_bench_hint))
 
@@ -125,8 +125,8 @@ def _bench_hint(name: str) -> str:
 
 def load_targets(spec: BenchSpec, lm) -> list[dict]:
     """Rows with at least id, k, target_ids, text."""
-    from dlmi.target_file import read_target_file
-    from dlmi.targets import generate_targets
+    from dlmi.evaluation.target_file import read_target_file
+    from dlmi.evaluation.targets import generate_targets
 
     if spec.targets_file:
         rows = []
@@ -159,7 +159,7 @@ def plan(spec: BenchSpec, targets: list[dict], done: set[tuple]) -> list[Job]:
 
 
 def method_config(spec: BenchSpec, method: str, prompt_length: int):
-    from dlmi.config_builder import build_config
+    from dlmi.inversion.config_builder import build_config
 
     options = dict(spec.method_options.get(method, {}))
     options.update(prompt_length=prompt_length, steps=spec.steps,
@@ -173,7 +173,7 @@ def check_spec(spec: BenchSpec) -> None:
         for n in spec.prompt_lengths:
             method_config(spec, method, n)
     if spec.targets_file:
-        from dlmi.target_file import read_target_file
+        from dlmi.evaluation.target_file import read_target_file
 
         read_target_file(spec.targets_file)
 
@@ -182,9 +182,9 @@ def run_bench(spec: BenchSpec, out: str | Path, lm=None,
               on_row: Callable[[dict], None] | None = None,
               on_step: Callable | None = None, on_job: Callable | None = None) -> int:
     """Run every missing row of the grid into `out`; returns the number of rows written."""
-    from dlmi.models import load_model
-    from dlmi.perplexity import perplexity
-    from dlmi.runner import run_inversion
+    from dlmi.inversion.runner import run_inversion
+    from dlmi.model.models import load_model
+    from dlmi.model.perplexity import perplexity
 
     check_spec(spec)
     for method in spec.method_options:
@@ -231,7 +231,7 @@ def result_row(lm, result, model: str, target_id, k: int | None,
     """One results row (the schema `dlmi report` reads): the grid's keys, the cheating check
     and perplexities, then every field of the InversionResult."""
     from dlmi.metrics import overlap_rate
-    from dlmi.perplexity import perplexity
+    from dlmi.model.perplexity import perplexity
 
     eos = [lm.eos_token_id] if lm.eos_token_id is not None else []
     if target_perplexity is None:

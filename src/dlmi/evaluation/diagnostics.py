@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
-from dlmi.dlm import DifferentiableLM
 from dlmi.errors import UsageError
-from dlmi.estimators import gumbel_noise
 from dlmi.methods.base import Batch, row_generators
 from dlmi.methods.dlmi_method import DLMI, DLMIConfig
 from dlmi.methods.reinforce import Reinforce, ReinforceConfig
+from dlmi.model.dlm import DifferentiableLM
+from dlmi.model.estimators import gumbel_noise
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def diagnose(lm, target_ids: list[int], estimators: list[EstimatorSpec], steps: 
 
 def plot_diagnostics(rows: list[dict], out_dir) -> list:
     """Violin plots of log10 max variance and log10 max bias per estimator (Figure 5)."""
-    from dlmi.plots import pyplot, save_figure
+    from dlmi.evaluation.plots import pyplot, save_figure
 
     plt = pyplot()
     labels = list(dict.fromkeys(r["estimator"] for r in rows))

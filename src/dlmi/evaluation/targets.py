@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 
 from dlmi.errors import UsageError
-from dlmi.models import LoadedModel
+from dlmi.model.kv_cache import cache_of, with_cache
+from dlmi.model.models import LoadedModel
 
 
 def row_seed(seed: int, k: int, index: int) -> int:
@@ -42,8 +43,8 @@ def generate_target(lm: LoadedModel, k: int, length: int, sigma: float, seed: in
             tokens += [eos] * (length - len(tokens))
             break
         nxt = torch.tensor([[token]], device=lm.device)
-        out = lm.model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True,
-                       logits_to_keep=1)
+        out = lm.model(input_ids=nxt, use_cache=True, logits_to_keep=1,
+                       **with_cache(lm.model, cache_of(lm.model, out)))
     return tokens, ranks
 
 
