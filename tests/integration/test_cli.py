@@ -145,3 +145,14 @@ def test_config_file_values_are_checked_like_flags(tmp_path):
     cfg.write_text("seeds: [1.5]\n")
     with pytest.raises(UsageError, match="integer"):
         load_spec(None, str(cfg))
+
+
+def test_every_flag_of_every_command_has_help():
+    import argparse
+
+    from dlmi.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {a.option_strings or a.dest}" for name, p in sub.choices.items()
+               for a in p._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert not missing, missing
