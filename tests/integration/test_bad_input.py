@@ -150,7 +150,7 @@ CASES = [
     ("bench-set-format", ["bench", "--set", "top_k=3", "--out", "{tmp}/r.jsonl"],
      "METHOD.KEY=VALUE"),
     ("bench-set-type", ["bench", "--methods", "gcg", "--set", "gcg.top_k=abc", "--out",
-                        "{tmp}/r.jsonl"], "integer"),
+                        "{tmp}/r.jsonl"], "integer, got 'abc': change --set gcg.top_k=VALUE"),
     ("bench-out-dir", ["bench", "--preset", "cpu-quick", "--out", "{tmp}/dir"],
      "is a directory"),
     ("bench-out-under-file", ["bench", "--preset", "cpu-quick", "--out",
@@ -208,3 +208,16 @@ def test_a_bad_config_leaves_existing_rows_untouched(tmp_path, capsys):
     before = rows.read_bytes()
     code = main(["bench", "--config", str(tmp_path / "seeds_scalar.yaml"), "--out", str(rows)])
     assert code == 2 and rows.read_bytes() == before
+
+
+
+def test_a_closed_output_pipe_ends_quietly(monkeypatch, capsys):
+    # `dlmi ... | head`: head closes the pipe, the next print raises BrokenPipeError.
+    import dlmi.cli.methods as methods
+
+    def closed(args):
+        raise BrokenPipeError
+
+    monkeypatch.setattr(methods, "run", closed)
+    assert main(["methods"]) == 0
+    assert capsys.readouterr().err == ""

@@ -164,7 +164,8 @@ def method_config(spec: BenchSpec, method: str, prompt_length: int):
     options = dict(spec.method_options.get(method, {}))
     options.update(prompt_length=prompt_length, steps=spec.steps,
                    budgets=tuple(spec.budgets), eval_every=spec.eval_every)
-    return build_config(method, overrides=options, where=f"bench option of {method}")
+    return build_config(method, overrides=options, where=f"bench option of {method}",
+                        hint=lambda name: f"--set {method}.{name}=VALUE (or method_options)")
 
 
 def check_spec(spec: BenchSpec) -> None:

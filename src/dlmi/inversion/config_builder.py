@@ -17,11 +17,12 @@ from dlmi.options import option_hint, parse_value
 
 
 def build_config(method: str | None = None, base=None, overrides: dict | None = None,
-                 where: str = "") -> typing.Any:
+                 where: str = "", hint=None) -> typing.Any:
     """The config of `method` (None: the method `base` belongs to, else the default method):
     `base` or the method's defaults, with `overrides` checked and applied.
 
-    where: how the user gave the overrides, for messages (e.g. "bench config, gcg").
+    where: how the user gave the overrides, for messages (e.g. "bench config, gcg");
+    hint(name): how the user changes an option there (default: the invert flag or --set).
     """
     from dlmi.methods.registry import get_method, method_for
 
@@ -29,7 +30,7 @@ def build_config(method: str | None = None, base=None, overrides: dict | None = 
     cls = get_method(method).config_class
     if base is not None and not isinstance(base, cls):
         raise UsageError(f"method {method!r} takes a {cls.__name__}, got {type(base).__name__}")
-    values = coerce(cls, overrides or {}, f"{where or method}")
+    values = coerce(cls, overrides or {}, f"{where or method}", hint)
     if base is None:
         return cls(**values)
     return dataclasses.replace(base, **values) if values else base
