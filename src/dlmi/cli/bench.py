@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from dlmi.cli.common import ProgressBar, add_quiet_flag, check_writable, int_list
+from dlmi.cli.common import ProgressBar, add_model_flags, add_quiet_flag, check_writable, int_list
 from dlmi.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     b.add_argument("--config", default=None, metavar="FILE", help="YAML or TOML bench config")
     b.add_argument("--out", required=True, metavar="FILE",
                    help="results JSONL (appended; reruns resume)")
-    b.add_argument("--model", default=None, help="model spec (default: the config's)")
+    add_model_flags(b, default=None)  # None: the preset's or config file's model
     b.add_argument("--methods", default=None, help="comma-separated method names")
     b.add_argument("--prompt-lengths", default=None, help="comma-separated, e.g. 10,80")
     b.add_argument("--budgets", default=None,
@@ -38,9 +38,6 @@ def add_parser(sub) -> None:
                    help="wall seconds per row (a batch of b rows gets b times this)")
     b.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. --set gcg.search_width=64")
-    b.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    b.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="weights' dtype (default float32)")
     add_quiet_flag(b)
     b.set_defaults(handler=run)
 

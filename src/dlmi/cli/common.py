@@ -22,6 +22,7 @@ MODEL_HELP = ("smollm2-135m (default), tiny-random, tiny-random-gpt2, a .gguf pa
 
 
 def add_model_flags(p: argparse.ArgumentParser, default: str | None = "smollm2-135m") -> None:
+    """--model, --device, --dtype; default None leaves the model to a config file (bench)."""
     p.add_argument("--model", default=default, help=MODEL_HELP)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
@@ -78,32 +79,30 @@ def load_model_from_args(args):
 def check_writable(path: str | Path, flag: str) -> Path:
     """Fail before any work when an output file cannot be written (a directory, or a parent
     that is a file or not writable)."""
-    import os
-
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a directory: give a file path")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"{flag} {path}: cannot write under {parent}; choose another path")
+    _check_creatable(path.parent, path, flag)
     return path
 
 
 def check_output_dir(path: str | Path, flag: str) -> Path:
     """An output directory: fine if it exists as a directory or can be created."""
-    import os
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} is a file: give a directory")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"{flag} {path}: cannot write under {parent}; choose another path")
+    _check_creatable(path, path, flag)
     return path
+
+
+def _check_creatable(folder: Path, path: Path, flag: str) -> None:
+    """`folder` exists as a writable directory, or its nearest existing ancestor is one."""
+    import os
+
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: cannot write under {folder}; choose another path")
 
 
 class ProgressBar:

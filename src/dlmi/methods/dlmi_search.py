@@ -99,6 +99,15 @@ class DLMISearchConfig(GumbelPromptConfig):
                              "or --set proposal=z")
 
 
+def top_k_pick(scores: torch.Tensor, pos: torch.Tensor, pick: torch.Tensor,
+               k: int) -> torch.Tensor:
+    """The pick-th of the top k tokens of `scores` at position pos, per row and draw.
+    scores (B, N, V); pos, pick (B, W) -> tokens (B, W)."""
+    B, W = pos.shape
+    top = scores.topk(k, dim=-1).indices  # (B, N, k)
+    return top.gather(1, pos[..., None].expand(B, W, k)).gather(2, pick[..., None]).squeeze(-1)
+
+
 @dataclass
 class DLMISearchState(DLMIState):
     incumbent: torch.Tensor | None = None  # (B, N) the hard prompt the search stands on
@@ -243,10 +252,8 @@ class DLMISearch(DLMI):
         pick = per_row(batch.generators,
                        lambda g: torch.randint(k, (W,), generator=g, device=dev))  # (B, W)
 
-        def pick_top(scores):  # (B, N, V) -> (B, W): a uniform pick among the row's top k
-            top = scores.topk(k, dim=-1).indices  # (B, N, k)
-            return top.gather(1, pos[..., None].expand(B, W, k)).gather(
-                2, pick[..., None]).squeeze(-1)
+        def pick_top(scores):  # (B, N, V) -> (B, W)
+            return top_k_pick(scores, pos, pick, k)
 
         if cfg.proposal == "z":
             tokens = pick_top(Z)
@@ -272,8 +279,7 @@ class DLMISearch(DLMI):
                       lambda g: torch.randperm(N, generator=g, device=dev)[:R])  # (B, R)
         pick = per_row(batch.generators,
                        lambda g: torch.randint(k, (R,), generator=g, device=dev))  # (B, R)
-        top = Z.topk(k, dim=-1).indices.gather(1, pos[..., None].expand(B, R, k))  # (B, R, k)
-        tokens = top.gather(2, pick[..., None]).squeeze(-1)  # (B, R)
+        tokens = top_k_pick(Z, pos, pick, k)  # (B, R)
         restarted = state.best.clone().scatter_(1, pos, tokens)  # (B, N)
         state.incumbent = torch.where(rows[:, None], restarted, state.incumbent)
         state.incumbent_loss = torch.where(rows, float("inf"), state.incumbent_loss)
