@@ -5,6 +5,10 @@
     result = dlmi.invert(lm, "The capital of France is Paris.", prompt_length=10, steps=256)
     print(result)                                  # prompt, greedy output, LCS ratio
     results = dlmi.invert_batch(lm, ["first target", "second target"], dlmi.DLMIConfig())
+    tuned = dlmi.tune(lm, [dlmi.Pair("2+2", " 4"), dlmi.Pair("3+5", " 8")], "{prompt} {input} =")
+
+`lm` may also be a (model, tokenizer) pair loaded with transformers: frozen during the run,
+left as it was after it.
 
 Methods: `dlmi.method_names()`; pass `method="gcg"` etc. to invert/invert_batch, or a config
 of that method (`dlmi.DLMIConfig()` runs the paper's DLMI). The default is dlmi-search.
@@ -25,6 +29,9 @@ _EXPORTS = {
     "InversionResult": "dlmi.inversion.result",
     "Progress": "dlmi.inversion.runner",
     "run_inversion": "dlmi.inversion.runner",
+    "Pair": "dlmi.prompting.dataset",
+    "Template": "dlmi.prompting.template",
+    "TuneResult": "dlmi.prompting.tune",
 }
 
 
@@ -36,7 +43,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "DLMIConfig", "DLMISearchConfig", "InversionResult", "LoadedModel", "Progress",
-    "get_method", "invert", "invert_batch", "load_model", "method_names",
+    "Pair", "Template", "TuneResult",
+    "get_method", "invert", "invert_batch", "load_model", "method_names", "tune",
 ]
 
 
@@ -54,3 +62,17 @@ def invert_batch(lm, targets, config=None, method: str | None = None, **options)
     from dlmi.inversion.runner import run_inversion
 
     return run_inversion(lm, list(targets), method=method, config=config, **options)
+
+
+def tune(lm, pairs, template="{prompt} {input}", eval_pairs=None, config=None,
+         method: str | None = None, **options):
+    """Tune one prompt over (input, output) pairs (dlmi.Pair or dicts) inside a template (text
+    with {prompt} and {input}, a list of chat messages, or a dlmi.Template) -> TuneResult."""
+    from dlmi.model.models import as_loaded_model
+    from dlmi.prompting.dataset import as_pairs
+    from dlmi.prompting.template import as_template
+    from dlmi.prompting.tune import tune_prompt
+
+    return tune_prompt(as_loaded_model(lm), as_pairs(pairs), as_template(template),
+                       as_pairs(eval_pairs) if eval_pairs else None, method=method,
+                       config=config, **options)

@@ -43,6 +43,9 @@ def _files(tmp):
     }
     for name, text in configs.items():
         (tmp / name).write_text(text)
+    (tmp / "pairs.jsonl").write_text('{"input": "a", "output": " b"}\n')
+    (tmp / "noout.jsonl").write_text('{"input": "a"}\n')
+    (tmp / "notjson.jsonl").write_text('{"input": "a", "output": " b"}\ninput a\n')
     (tmp / "latin1.yaml").write_bytes("model: caf\xe9\n".encode("latin-1"))
 
 
@@ -157,6 +160,28 @@ CASES = [
                               "{tmp}/a_file/r.jsonl"], "cannot write"),
     ("bench-time-flag", ["bench", "--time-limit", "-3", "--out", "{tmp}/r.jsonl"],
      "time_limit"),
+    # tune
+    ("tune-data-missing", ["tune", "--data", "{tmp}/nowhere.jsonl"], "not found"),
+    ("tune-data-empty", ["tune", "--data", "{tmp}/empty.txt"], "has no pairs"),
+    ("tune-data-no-output", ["tune", "--data", "{tmp}/noout.jsonl"], "'output'"),
+    ("tune-data-not-json", ["tune", "--data", "{tmp}/notjson.jsonl"], "notjson.jsonl:2"),
+    ("tune-no-prompt", ["tune", "--data", "{tmp}/pairs.jsonl", "--template", "{input}"],
+     "exactly one {prompt}"),
+    ("tune-two-prompts", ["tune", "--data", "{tmp}/pairs.jsonl", "--template",
+                          "{prompt}{prompt}{input}"], "exactly one {prompt}"),
+    ("tune-no-input", ["tune", "--data", "{tmp}/pairs.jsonl", "--template", "{prompt}:"],
+     "no {input}"),
+    ("tune-chat-json", ["tune", "--data", "{tmp}/pairs.jsonl", "--template", "[{"],
+     "not valid JSON"),
+    ("tune-no-chat-template", ["tune", "--data", "{tmp}/pairs.jsonl", "--chat"],
+     "no chat template"),
+    ("tune-template-file", ["tune", "--data", "{tmp}/pairs.jsonl", "--template",
+                            "@{tmp}/nowhere.txt"], "cannot read template"),
+    ("tune-eval-missing", ["tune", "--data", "{tmp}/pairs.jsonl", "--eval",
+                           "{tmp}/nowhere.jsonl"], "not found"),
+    ("tune-json-dir", ["tune", "--data", "{tmp}/pairs.jsonl", "--json", "{tmp}/dir"],
+     "is a directory"),
+    ("tune-steps-zero", ["tune", "--data", "{tmp}/pairs.jsonl", "--steps", "0"], "--steps"),
     # targets
     ("targets-k-zero", ["targets", "--k", "0", "--out", "{tmp}/t.jsonl"], "--k"),
     ("targets-k-text", ["targets", "--k", "a", "--out", "{tmp}/t.jsonl"], "--k"),
@@ -184,7 +209,7 @@ CASES = [
 def test_bad_input_is_one_line_and_exit_2(case, argv, fragment, tmp_path, capsys):
     _files(tmp_path)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    if argv[0] in ("invert", "targets", "diagnose") and "--model" not in argv:
+    if argv[0] in ("invert", "tune", "targets", "diagnose") and "--model" not in argv:
         argv += TINY
     code = main(argv + ["--quiet"] if argv[0] not in ("methods", "frobnicate") else argv)
     err = capsys.readouterr().err.strip().splitlines()
@@ -197,7 +222,7 @@ def test_bad_input_is_one_line_and_exit_2(case, argv, fragment, tmp_path, capsys
 def test_the_table_has_at_least_40_cases_over_every_command():
     commands = {argv[0] for _, argv, _ in CASES}
     assert len(CASES) >= 40
-    assert {"invert", "bench", "targets", "report", "diagnose", "methods"} <= commands
+    assert {"invert", "tune", "bench", "targets", "report", "diagnose", "methods"} <= commands
 
 
 def test_a_bad_config_leaves_existing_rows_untouched(tmp_path, capsys):

@@ -13,6 +13,7 @@ LAYERS = [
     ("methods", ("dlmi.methods",)),
     ("inversion", ("dlmi.inversion",)),
     ("evaluation", ("dlmi.evaluation", "dlmi.presets")),
+    ("prompting", ("dlmi.prompting",)),
     ("cli", ("dlmi.cli",)),
 ]
 

@@ -25,8 +25,9 @@ from dlmi.methods.base import Batch, MethodConfig, row_generators
 from dlmi.methods.registry import get_method, method_for
 from dlmi.metrics import lcs_ratio
 from dlmi.model.compute import ComputeCounter
+from dlmi.model.context import SpanContext
 from dlmi.model.dlm import DifferentiableLM
-from dlmi.model.models import LoadedModel
+from dlmi.model.models import LoadedModel, as_loaded_model, frozen
 from dlmi.model.numerics import subnormals_flushed
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def run_inversion(
     prefix_ids: Sequence[int] | None = None,
     callback: Callable[[Progress], None] | None = None,
     on_result: Callable[[int, InversionResult], None] | None = None,
+    context: SpanContext | None = None,
     **overrides,
 ) -> list[InversionResult]:
     """Invert B targets as one batch; returns one InversionResult per target, in order.
@@ -79,24 +81,33 @@ def run_inversion(
     callback: called after every step with a Progress.
     on_result: called with (target index, result) as soon as a target is done, so callers can
     save it before the rest of the batch finishes.
+    context: fixed tokens around the prompt (dlmi.model.context), instead of prefix_ids; with
+    K pairs each target is the K outputs end to end (dlmi.prompting.tune builds them).
+    lm: a LoadedModel, or a (model, tokenizer) pair loaded with transformers; the model is
+    frozen during the run and left as it was after it.
     """
     method = method or method_for(config)
     cfg = build_config(method, config, overrides)
     if not targets:
         raise UsageError("no targets given")
+    lm = as_loaded_model(lm)
     ids = [target_ids_of(lm, t) for t in targets]
-    prefix = [int(t) for t in (prefix_ids or [])]
-    longest = max(map(len, ids))
-    need = len(prefix) + cfg.prompt_length + longest
+    if context is None:
+        context = SpanContext.single(prefix_ids or [])
+    elif prefix_ids:
+        raise UsageError("give the prefix inside the context (template), not both")
+    longest = max(map(len, ids)) // context.pairs
+    need = context.longest() + cfg.prompt_length + longest
     if need > lm.max_length:
-        raise UsageError(f"prefix + prompt + target is {need} tokens but the model's context is "
-                         f"{lm.max_length}: shorten the target or lower --prompt-length")
+        raise UsageError(f"fixed context + prompt + target is {need} tokens but the model's "
+                         f"context is {lm.max_length}: shorten the target or lower "
+                         "--prompt-length")
     seeds = [cfg.seed] * len(ids) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != len(ids):
         raise UsageError(f"got {len(seeds)} seeds for {len(ids)} targets")
-    run = _Run(lm, get_method(method)(cfg, DifferentiableLM(lm, prefix)), ids, seeds,
+    run = _Run(lm, get_method(method)(cfg, DifferentiableLM(lm, context=context)), ids, seeds,
                callback, on_result)
-    with subnormals_flushed():
+    with subnormals_flushed(), frozen(lm.model):
         return run.run()
 
 

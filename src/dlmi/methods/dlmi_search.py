@@ -77,6 +77,11 @@ class DLMISearchConfig(GumbelPromptConfig):
     restart_after: int = opt(
         0, "steps without a better best prompt before restarting from a perturbed best (0: off)")
     restart_swaps: int = opt(3, "positions changed at a restart, each to one of Z's top_k")
+    # Multi-coordinate move: the best improving swaps of a step at distinct positions,
+    # applied together to the incumbent and scored as one more candidate (1 + merge
+    # positions change at once), so gains that add up are taken in one step.
+    merge: int = opt(0, "best improving swaps at distinct positions combined into one more "
+                     "candidate per step (0: off)")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
 
     def __post_init__(self):
@@ -88,6 +93,7 @@ class DLMISearchConfig(GumbelPromptConfig):
         _at_least(self, "cw_margin", 0.0)
         _at_least(self, "restart_after", 0)
         _at_least(self, "restart_swaps", 1)
+        _at_least(self, "merge", 0)
         if self.objective not in OBJECTIVES:
             raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, "
                              f"got {self.objective!r}: change --set objective=VALUE")
@@ -166,6 +172,13 @@ class DLMISearch(DLMI):
                 pools.append(cand)
                 losses.append(cand_loss)
                 exacts.append(cand_exact)
+                if cfg.merge > 1:
+                    merged = self._merge(state.incumbent, pos, tokens, cand_loss,
+                                         losses[0][:, 0])  # (B, 1, N)
+                    merged_loss, merged_exact = self._score(merged, batch)
+                    pools.append(merged)
+                    losses.append(merged_loss)
+                    exacts.append(merged_exact)
             pool = torch.cat(pools, 1)  # (B, K, N); the incumbent first, so ties keep it
             pool_loss = torch.cat(losses, 1)  # (B, K)
             pool_exact = torch.cat(exacts, 1)
@@ -265,6 +278,23 @@ class DLMISearch(DLMI):
         cand = state.incumbent[:, None].repeat(1, W, 1)
         cand.scatter_(2, pos[..., None], tokens[..., None])
         return cand, pos, tokens
+
+    def _merge(self, incumbent: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor,
+               cand_loss: torch.Tensor, incumbent_loss: torch.Tensor) -> torch.Tensor:
+        """The incumbent (B, N) with up to `merge` of the step's improving swaps applied at
+        once, best first, one per position: (B, 1, N). pos, tokens, cand_loss: (B, W)."""
+        merged = incumbent.clone()
+        order = cand_loss.argsort(1)  # (B, W) best swap first
+        for b in range(incumbent.shape[0]):
+            taken: set[int] = set()
+            for w in order[b].tolist():
+                if len(taken) == self.config.merge or cand_loss[b, w] >= incumbent_loss[b]:
+                    break
+                p = int(pos[b, w])
+                if p not in taken:
+                    taken.add(p)
+                    merged[b, p] = tokens[b, w]
+        return merged[:, None]
 
     def _restart(self, state: DLMISearchState, batch: Batch, rows: torch.Tensor) -> None:
         """Rows (B,) bool start again from their best prompt with `restart_swaps` positions

@@ -1,7 +1,8 @@
 """The Differentiable Language Model: distributions over tokens in, logits out.
 
 Wraps any decoder-only Hugging Face model that exposes its input embeddings. Shapes:
-B sequences, P fixed prefix tokens, N prompt positions, M target tokens, V vocabulary, d width.
+B prompt rows, K pairs of fixed context per row (1 for inversion), N prompt positions,
+M target tokens per pair, V vocabulary, d width, L assembled sequence length.
 """
 
 from __future__ import annotations
@@ -10,29 +11,43 @@ import torch
 import torch.nn.functional as F
 
 from dlmi.model.compute import ComputeCounter, ModelShape
+from dlmi.model.context import SpanContext
 from dlmi.model.estimators import gumbel_noise, gumbel_softmax
 from dlmi.model.kv_cache import cache_of, with_cache
 from dlmi.model.models import LoadedModel
 
 
 class DifferentiableLM:
-    def __init__(self, lm: LoadedModel, prefix_ids: list[int] | None = None):
+    """context: the fixed tokens around the span (default: `prefix_ids` before it, nothing
+    after). With K pairs in the context, a prompt row's target is the K outputs end to end,
+    (K * M) tokens, and every forward runs B * K sequences (see dlmi.model.context)."""
+
+    def __init__(self, lm: LoadedModel, prefix_ids: list[int] | None = None,
+                 context: SpanContext | None = None):
         self.lm = lm
         self.model = lm.model
         self.W_E = self.model.get_input_embeddings().weight  # (V, d), frozen
         self.device = self.W_E.device
-        self.prefix_ids = torch.tensor(prefix_ids or [], dtype=torch.long, device=self.device)
+        if context is not None and prefix_ids:
+            raise ValueError("give the prefix inside the context, not both")
+        self.context = context or SpanContext.single(prefix_ids or [])
         self.eos_id = lm.eos_token_id
         self.shape = ModelShape.of(self.model)
         self.compute = ComputeCounter()
+        self._layouts: dict[tuple[int, int], tuple] = {}
 
     @property
     def vocab_size(self) -> int:
         return self.W_E.shape[0]
 
     @property
-    def prefix_len(self) -> int:
-        return self.prefix_ids.numel()
+    def prefix_ids(self) -> torch.Tensor:
+        """The fixed ids before the span of the first pair (inversion's prefix)."""
+        return torch.tensor(self.context.before[0], dtype=torch.long, device=self.device)
+
+    @property
+    def pairs(self) -> int:
+        return self.context.pairs
 
     # ---- embeddings -------------------------------------------------------------------------
 
@@ -44,12 +59,43 @@ class DifferentiableLM:
         """ids: (B, N) -> (B, N, d)."""
         return self.model.get_input_embeddings()(ids)
 
-    def _with_prefix(self, embeds: torch.Tensor) -> torch.Tensor:
-        """embeds: (B, N, d) -> (B, P + N, d)."""
-        if self.prefix_len == 0:
-            return embeds
-        prefix = self.hard_embed(self.prefix_ids)[None].expand(embeds.shape[0], -1, -1)
-        return torch.cat([prefix, embeds], dim=1)
+    def _layout(self, n: int, tail: int):
+        """Cached SpanContext.layout plus the pieces' slices, for span n and tail tokens."""
+        key = (n, tail)
+        if key not in self._layouts:
+            fixed, kind, L = self.context.layout(n, tail, self.device)
+            padded = bool((kind == 0).any())
+            mask = (kind != 0).long() if padded else None  # (K, L)
+            positions = (mask.cumsum(1) - 1).clamp_min(0) if padded else None
+            self._layouts[key] = (self.hard_embed(fixed), kind, mask, positions, L)
+        return self._layouts[key]
+
+    def _assemble(self, prompt_embeds: torch.Tensor, tail_embeds: torch.Tensor | None):
+        """Every pair's sequence [pad, before, prompt, after, tail], left-padded to length L.
+
+        prompt_embeds: (B, N, d); tail_embeds: (B * K, T, d) or None ->
+        embeds (B * K, L, d), attention mask and position ids (B * K, L) or None (no padding).
+        """
+        B, N, d = prompt_embeds.shape
+        K = self.pairs
+        T = 0 if tail_embeds is None else tail_embeds.shape[1]
+        fixed, kind, mask, positions, L = self._layout(N, T)
+        seqs = []
+        for k in range(K):  # K pieces per pair: cat keeps the prompt's gradient path simple
+            span = L - T - len(self.context.after[k]) - N
+            pieces = [fixed[k, :span].expand(B, -1, -1), prompt_embeds,
+                      fixed[k, span + N: L - T].expand(B, -1, -1)]
+            if tail_embeds is not None:
+                pieces.append(tail_embeds.view(B, K, T, d)[:, k])
+            seqs.append(torch.cat(pieces, dim=1))  # (B, L, d)
+        embeds = torch.stack(seqs, 1).view(B * K, L, d) if K > 1 else seqs[0]
+        if mask is None:
+            return embeds, None, None
+        return embeds, mask.repeat(B, 1), positions.repeat(B, 1)
+
+    def _run(self, embeds, mask, positions, **kwargs):
+        extra = {} if mask is None else {"attention_mask": mask, "position_ids": positions}
+        return self.model(inputs_embeds=embeds, **extra, **kwargs)
 
     def _count(self, batch: int, seq_len: int, logit_positions: int, soft: int = 0,
                cached: int = 0, backward: bool = False) -> None:
@@ -63,14 +109,10 @@ class DifferentiableLM:
             c.tokens += batch * seq_len
             c.flops += flops
 
-    def _logits_of_last(self, embeds: torch.Tensor, k: int) -> torch.Tensor:
-        """embeds: (B, T, d) -> logits (B, k, V) of the last k positions only.
-
-        logits_to_keep skips the vocabulary projection on every other position: on prompt
-        positions it would be wasted work (V * d per position).
-        """
-        out = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=k)
-        return out.logits[:, -k:]
+    def _split(self, target_ids: torch.Tensor) -> torch.Tensor:
+        """(B, K * M) -> (B * K, M): one row per pair."""
+        B, KM = target_ids.shape
+        return target_ids.reshape(B * self.pairs, KM // self.pairs)
 
     # ---- differentiable forwards --------------------------------------------------------------
 
@@ -80,14 +122,21 @@ class DifferentiableLM:
     ) -> torch.Tensor:
         """Logits predicting each target token given the prompt and the true previous tokens.
 
-        prompt_embeds: (B, N, d); target_ids: (B, M) -> logits (B, M, V).
+        prompt_embeds: (B, N, d); target_ids: (B, K * M) -> logits (B, K * M, V).
         soft_positions: N when the prompt came from soft_embed (counted in FLOPs).
         """
-        M = target_ids.shape[1]
-        inputs = torch.cat([prompt_embeds, self.hard_embed(target_ids[:, :-1])], dim=1)
-        inputs = self._with_prefix(inputs)  # (B, P + N + M - 1, d)
-        self._count(inputs.shape[0], inputs.shape[1], M, soft_positions, backward=backward)
-        return self._logits_of_last(inputs, M)
+        B = prompt_embeds.shape[0]
+        targets = self._split(target_ids)  # (B * K, M)
+        M = targets.shape[1]
+        embeds, mask, positions = self._assemble(prompt_embeds,
+                                                 self.hard_embed(targets[:, :-1]))
+        # The soft product p @ W_E runs once per row, not once per pair.
+        self._count(embeds.shape[0], embeds.shape[1], M, soft_positions / self.pairs,
+                    backward=backward)
+        # logits_to_keep skips the vocabulary projection on every other position: on prompt
+        # positions it would be wasted work (V * d per position).
+        logits = self._run(embeds, mask, positions, use_cache=False, logits_to_keep=M).logits
+        return logits[:, -M:].reshape(B, -1, logits.shape[-1])
 
     def free_running_logits(
         self, prompt_embeds: torch.Tensor, M: int, generators: list[torch.Generator],
@@ -96,57 +145,75 @@ class DifferentiableLM:
         """Autoregressive rollout without teacher forcing, differentiable end to end.
 
         Each next token is a Gumbel-Softmax sample (temperature tau) of the model's own logits,
-        fed back through the soft embedding. prompt_embeds: (B, N, d) -> logits (B, M, V).
+        fed back through the soft embedding. prompt_embeds: (B, N, d); M: target tokens of a
+        row (K * per-pair length) -> logits (B, M, V).
         generators: one per sequence, so each sequence's rollout noise is its own.
         """
-        embeds = self._with_prefix(prompt_embeds)  # (B, P + N, d)
-        B = embeds.shape[0]
+        B, K = prompt_embeds.shape[0], self.pairs
+        embeds, mask, positions = self._assemble(prompt_embeds, None)  # (B * K, L, d)
         past = None
         cached = 0
         steps = []
-        for _ in range(M):
-            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1,
-                             **with_cache(self.model, past))
-            self._count(B, embeds.shape[1], 1, soft_positions if past is None else 1, cached,
-                        backward=True)
+        for _ in range(M // K):
+            out = self._run(embeds, mask, positions, use_cache=True, logits_to_keep=1,
+                            **with_cache(self.model, past))
+            self._count(B * K, embeds.shape[1], 1,
+                        soft_positions / K if past is None else 1, cached, backward=True)
             cached += embeds.shape[1]
             past = cache_of(self.model, out)
-            logits = out.logits[:, -1]  # (B, V)
+            logits = out.logits[:, -1]  # (B * K, V)
             steps.append(logits)
             noise = torch.stack([gumbel_noise(logits.shape[1:], g, logits.device, logits.dtype)
-                                 for g in generators])  # (B, V)
-            sample = gumbel_softmax(logits, tau, noise, hard=hard)  # (B, V)
-            embeds = self.soft_embed(sample[:, None])  # (B, 1, d)
-        return torch.stack(steps, dim=1)
+                                 for g in generators for _ in range(K)])  # (B * K, V)
+            sample = gumbel_softmax(logits, tau, noise, hard=hard)  # (B * K, V)
+            embeds = self.soft_embed(sample[:, None])  # (B * K, 1, d)
+            if mask is not None:
+                mask, positions = _one_more(mask, positions)
+        return torch.stack(steps, dim=1).reshape(B, M, -1)
 
     # ---- judges on hard ids ----------------------------------------------------------------------
 
     @torch.no_grad()
     def greedy_decode(self, prompt_ids: torch.Tensor, M: int) -> torch.Tensor:
-        """Greedy continuation of M tokens. prompt_ids: (B, N) -> (B, M).
+        """Greedy continuation of M tokens per row (M / K per pair).
+        prompt_ids: (B, N) -> (B, M).
 
         After an end-of-sequence token the rest is EoS, the same convention as the padding of
-        targets (Algorithm 2), so outputs and targets compare position by position.
+        targets (Algorithm 2), so outputs and targets compare position by position; so is
+        every position past a pair's output length (context.output_lengths).
         """
-        ids = torch.cat([self.prefix_ids[None].expand(prompt_ids.shape[0], -1), prompt_ids], 1)
-        B = ids.shape[0]
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        self._count(B, ids.shape[1], 1)
-        cached = ids.shape[1]
-        finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
+        B, K = prompt_ids.shape[0], self.pairs
+        embeds, mask, positions = self._assemble(self.hard_embed(prompt_ids), None)
+        out = self._run(embeds, mask, positions, use_cache=True, logits_to_keep=1)
+        self._count(B * K, embeds.shape[1], 1)
+        cached = embeds.shape[1]
+        finished = torch.zeros(B * K, dtype=torch.bool, device=prompt_ids.device)
         tokens = []
-        for m in range(M):
-            nxt = out.logits[:, -1].argmax(-1)  # (B,)
+        for m in range(M // K):
+            nxt = out.logits[:, -1].argmax(-1)  # (B * K,)
             if self.eos_id is not None:
                 nxt = torch.where(finished, torch.full_like(nxt, self.eos_id), nxt)
                 finished |= nxt == self.eos_id
             tokens.append(nxt)
-            if m + 1 < M:
+            if m + 1 < M // K:
+                if mask is not None:
+                    mask, positions = _one_more(mask, positions)
+                extra = {} if mask is None else {"attention_mask": mask,
+                                                 "position_ids": positions[:, -1:]}
                 out = self.model(input_ids=nxt[:, None], use_cache=True, logits_to_keep=1,
-                                 **with_cache(self.model, cache_of(self.model, out)))
-                self._count(B, 1, 1, cached=cached)
+                                 **extra, **with_cache(self.model, cache_of(self.model, out)))
+                self._count(B * K, 1, 1, cached=cached)
                 cached += 1
-        return torch.stack(tokens, dim=1)
+        return self._pad_past_outputs(torch.stack(tokens, dim=1)).reshape(B, M)
+
+    def _pad_past_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        """outputs (B * K, M): positions past each pair's output length become EoS."""
+        lengths = self.context.output_lengths
+        if lengths is None or self.eos_id is None:
+            return outputs
+        limit = torch.tensor(lengths, device=outputs.device).repeat(outputs.shape[0] // self.pairs)
+        past = torch.arange(outputs.shape[1], device=outputs.device)[None] >= limit[:, None]
+        return outputs.masked_fill(past, self.eos_id)
 
     @torch.no_grad()
     def teacher_forced_hits(self, prompt_ids: torch.Tensor,
@@ -181,19 +248,34 @@ class DifferentiableLM:
         return torch.cat(losses), torch.cat(exact)
 
     def target_mask(self, target_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Which target positions are scored: inside the row's length, up to its first EoS.
+        """Which target positions are scored: inside the row's length, up to its first EoS,
+        and, with K pairs, inside each pair's output length (context.output_lengths).
 
-        target_ids: (B, M); lengths: (B,) -> bool (B, M). Positions after the first EoS are
-        EoS padding that greedy decoding reproduces by convention, so they carry no signal.
+        target_ids: (B, K * M); lengths: (B,) -> bool (B, K * M). Positions after the first EoS
+        are EoS padding that greedy decoding reproduces by convention, so they carry no signal.
         """
-        M = target_ids.shape[1]
+        B, KM = target_ids.shape
+        K = self.pairs
+        pairs = self._split(target_ids)  # (B * K, M)
+        M = pairs.shape[1]
         pos = torch.arange(M, device=target_ids.device)[None]
-        mask = pos < lengths[:, None]
+        if K == 1:
+            limit = lengths
+        else:
+            out = self.context.output_lengths or (M,) * K
+            limit = torch.tensor(out, device=target_ids.device).repeat(B)
+        mask = pos < limit[:, None]
         if self.eos_id is not None:
-            is_eos = (target_ids == self.eos_id) & mask
-            first = torch.where(is_eos.any(1), is_eos.float().argmax(1), lengths)
+            is_eos = (pairs == self.eos_id) & mask
+            first = torch.where(is_eos.any(1), is_eos.float().argmax(1), limit)
             mask &= pos <= first[:, None]
-        return mask
+        return mask.reshape(B, KM)
+
+
+def _one_more(mask: torch.Tensor, positions: torch.Tensor):
+    """Attention mask and position ids (R, L) grown by one real token: (R, L + 1)."""
+    ones = torch.ones_like(mask[:, :1])
+    return torch.cat([mask, ones], 1), torch.cat([positions, positions[:, -1:] + 1], 1)
 
 
 def masked_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor,

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -100,6 +101,34 @@ def load_model(
     model.to(device=dev, dtype=dt)
     freeze(model)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=dev)
+
+
+def as_loaded_model(lm) -> LoadedModel:
+    """A LoadedModel as is, or one around a (model, tokenizer) pair a user loaded with
+    transformers (its spec is the model's name_or_path)."""
+    if isinstance(lm, LoadedModel):
+        return lm
+    if isinstance(lm, tuple) and len(lm) == 2 and isinstance(lm[0], torch.nn.Module):
+        model, tokenizer = lm
+        spec = getattr(model.config, "name_or_path", "") or type(model).__name__
+        return LoadedModel(model=model, tokenizer=tokenizer, spec=spec,
+                           device=model.get_input_embeddings().weight.device)
+    raise UsageError("pass a dlmi.load_model(...) result or a (model, tokenizer) pair "
+                     f"from transformers, not {type(lm).__name__}")
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module):
+    """Eval mode and no parameter gradients for the block, then the model as it was."""
+    training = model.training
+    grads = [p.requires_grad for p in model.parameters()]
+    freeze(model)
+    try:
+        yield model
+    finally:
+        model.train(training)
+        for p, g in zip(model.parameters(), grads, strict=True):
+            p.requires_grad_(g)
 
 
 def freeze(model: torch.nn.Module) -> None:
