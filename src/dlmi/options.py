@@ -14,6 +14,7 @@ COMMON_FLAGS = {
     "eval_every": (int, "judge the prompt by greedy decoding every K steps"),
     "seed": (int, "random seed"),
     "time_limit": (float, "wall-clock limit in seconds: stop with the best prompt found so far"),
+    "vocab": (str, "tokens the prompt may use: all, no-special (default), ascii, printable"),
 }
 
 

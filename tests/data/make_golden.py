@@ -10,6 +10,7 @@ import dlmi
 
 # Explicit options where a default has changed on purpose since the golden file was made.
 OPTIONS = {"dlmi-search": {"objective": "ce", "top_k": 256}}
+COMMON = {"vocab": "all"}  # the default excludes special tokens since 2026-11-25
 METHODS = ["dlmi", "dlmi-notf", "dlmi-search", "dlmi-shared-tau", "gbda", "gcg", "pez",
            "random", "reinforce", "soda"]
 
@@ -20,7 +21,7 @@ def golden() -> dict:
     out = {}
     for method in METHODS:
         r = dlmi.invert(lm, target, method=method, prompt_length=4, steps=6, eval_every=3,
-                        seed=0, early_stop=False, **OPTIONS.get(method, {}))
+                        seed=0, early_stop=False, **COMMON, **OPTIONS.get(method, {}))
         out[method] = {"prompt_ids": r.prompt_ids, "lcs_ratio": r.lcs_ratio,
                        "loss": [round(h["loss"], 5) for h in r.history]}
     return out

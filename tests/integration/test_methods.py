@@ -7,10 +7,11 @@ from dlmi.methods.registry import method_names
 from tests.conftest import hidden_prompt_target
 
 # Steps within which each method recovers the easy target below (hidden 4-token prompt, 3-token
-# greedy output, N = 4). Measured solve steps: dlmi 28, dlmi-notf 16, dlmi-shared-tau 8, gbda 20,
-# gcg 4, pez 4, random 12, reinforce 8, soda 8, dlmi-search 2; budgets leave about 2x headroom.
-BUDGET = {"dlmi": 64, "dlmi-notf": 40, "dlmi-shared-tau": 24, "gbda": 48, "gcg": 12, "pez": 12,
-          "random": 32, "reinforce": 24, "soda": 24, "dlmi-search": 8}
+# greedy output, N = 4, default vocabulary: no special tokens). Measured solve steps: dlmi 36,
+# dlmi-notf 40, dlmi-shared-tau 40, gbda 16, gcg 4, pez 28, random 4, reinforce 36, soda 12,
+# dlmi-search 3; budgets leave about 2x headroom.
+BUDGET = {"dlmi": 72, "dlmi-notf": 80, "dlmi-shared-tau": 80, "gbda": 48, "gcg": 12, "pez": 56,
+          "random": 32, "reinforce": 72, "soda": 24, "dlmi-search": 8}
 # GCG's paper settings (top-k 256, 512 swaps) are sized for 50k-token vocabularies.
 SMALL = {"gcg": dict(top_k=32, search_width=64)}
 

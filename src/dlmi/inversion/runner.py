@@ -29,6 +29,7 @@ from dlmi.model.context import SpanContext
 from dlmi.model.dlm import DifferentiableLM
 from dlmi.model.models import LoadedModel, as_loaded_model, frozen
 from dlmi.model.numerics import subnormals_flushed
+from dlmi.model.vocab import allowed_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,13 @@ def run_inversion(
     seeds = [cfg.seed] * len(ids) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != len(ids):
         raise UsageError(f"got {len(seeds)} seeds for {len(ids)} targets")
-    run = _Run(lm, get_method(method)(cfg, DifferentiableLM(lm, context=context)), ids, seeds,
-               callback, on_result)
+    # With several targets, no_target_tokens bans every target's tokens for every row.
+    vocab = allowed_token_ids(lm, cfg.vocab, cfg.vocab_allow, cfg.vocab_deny,
+                              banned={t for row in ids for t in row} if cfg.no_target_tokens
+                              else ())
     with subnormals_flushed(), frozen(lm.model):
+        dlm = DifferentiableLM(lm, context=context, prompt_vocab=vocab)
+        run = _Run(lm, get_method(method)(cfg, dlm), ids, seeds, callback, on_result)
         return run.run()
 
 
@@ -264,7 +269,7 @@ class _Run:
             lcs = lcs_ratio(out_ids, r.ids)
             if r.best_lcs is None or lcs > r.best_lcs:
                 r.best_lcs = lcs
-                r.best_prompt = chosen[j].tolist()
+                r.best_prompt = self.dlm.global_ids(chosen[j]).tolist()
                 r.best_output = out_ids
             if out_ids == r.ids and r.solved_at is None:
                 r.solved_at = step

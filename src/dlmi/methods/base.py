@@ -32,6 +32,15 @@ class MethodConfig:
     seed: int = opt(0, 'random seed of the run (a batch gives each target its own generator)')
     time_limit: float | None = opt(
         None, 'wall seconds for the whole run; stops with the best so far')
+    # Prompts that work as text (dlmi.model.vocab): methods optimise over allowed tokens only.
+    vocab: str = opt(
+        "no-special", "tokens a prompt may use: all, no-special (no control tokens), ascii, "
+        "printable (ASCII, no control characters)")
+    vocab_allow: str | None = opt(
+        None, "only these tokens: comma-separated ids, or @FILE of texts whose tokens count")
+    vocab_deny: str | None = opt(None, "never these tokens: ids or @FILE, as vocab_allow")
+    no_target_tokens: bool = opt(
+        False, "the prompt may not use any token of the target (no copying it)")
 
     def __post_init__(self):
         self.budgets = tuple(int(b) for b in self.budgets)

@@ -102,7 +102,7 @@ class GCG(IncumbentSearch):
         top = (-grad).topk(min(cfg.top_k, grad.shape[-1]), dim=-1).indices  # (B, N, K)
         cand = sample_swaps(state.prompts, top, cfg.search_width, batch.generators)
         if cfg.filter_roundtrip:  # before scoring: a filtered swap costs no forward
-            ok = roundtrip_mask(self.dlm.lm, cand)  # (B, W)
+            ok = roundtrip_mask(self.dlm.lm, self.dlm.global_ids(cand))  # (B, W)
             # A row with no valid swap keeps all of them rather than stalling.
             ok |= ~ok.any(1, keepdim=True)
             losses = self.candidate_losses(cand, batch, ok)

@@ -47,7 +47,7 @@ class PEZ(Method[PEZState]):
     def init_state(self, batch: Batch) -> PEZState:
         ids = random_prompt_ids(batch.generators, self.config.prompt_length,
                                 self.dlm.vocab_size, self.dlm.device)
-        P = self.dlm.hard_embed(ids).detach().clone().requires_grad_(True)
+        P = self.dlm.embed_prompt(ids).detach().clone().requires_grad_(True)
         return PEZState(P, BatchedAdam([P], lr=self.config.lr,
                                        weight_decay=self.config.weight_decay))
 
@@ -59,7 +59,7 @@ class PEZ(Method[PEZState]):
 
     def step(self, state: PEZState, batch: Batch, step: int) -> StepOutput:
         ids = self.project(state.P.detach())
-        hard = self.dlm.hard_embed(ids).detach().requires_grad_(True)  # (B, N, d)
+        hard = self.dlm.embed_prompt(ids).detach().requires_grad_(True)  # (B, N, d)
         logits = self.dlm.teacher_forced_logits(hard, batch.target_ids)
         loss = masked_cross_entropy(logits, batch.target_ids, batch.mask)
         (grad,) = torch.autograd.grad(loss.sum(), hard)

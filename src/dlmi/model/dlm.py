@@ -23,11 +23,17 @@ class DifferentiableLM:
     (K * M) tokens, and every forward runs B * K sequences (see dlmi.model.context)."""
 
     def __init__(self, lm: LoadedModel, prefix_ids: list[int] | None = None,
-                 context: SpanContext | None = None):
+                 context: SpanContext | None = None,
+                 prompt_vocab: torch.Tensor | None = None):
         self.lm = lm
         self.model = lm.model
-        self.W_E = self.model.get_input_embeddings().weight  # (V, d), frozen
-        self.device = self.W_E.device
+        full = self.model.get_input_embeddings().weight.detach()  # (V_all, d), frozen
+        self.device = full.device
+        # The prompt's vocabulary (dlmi.model.vocab): methods see V allowed tokens, indexed
+        # 0..V-1, and W_E holds only their rows; global_ids maps prompts back.
+        self.prompt_vocab = None if prompt_vocab is None else prompt_vocab.to(self.device)
+        self.W_E = full if self.prompt_vocab is None else full[self.prompt_vocab]  # (V, d)
+        self.W_E_all = full  # (V_all, d): what the model's own outputs are embedded with
         if context is not None and prefix_ids:
             raise ValueError("give the prefix inside the context, not both")
         self.context = context or SpanContext.single(prefix_ids or [])
@@ -38,7 +44,12 @@ class DifferentiableLM:
 
     @property
     def vocab_size(self) -> int:
+        """Tokens a prompt may use (all of the model's unless restricted)."""
         return self.W_E.shape[0]
+
+    def global_ids(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Prompt ids in the prompt vocabulary (B, N) -> the model's token ids (B, N)."""
+        return prompt_ids if self.prompt_vocab is None else self.prompt_vocab[prompt_ids]
 
     @property
     def prefix_ids(self) -> torch.Tensor:
@@ -56,8 +67,14 @@ class DifferentiableLM:
         return p.to(self.W_E.dtype) @ self.W_E
 
     def hard_embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids: (B, N) -> (B, N, d)."""
+        """Model token ids: (B, N) -> (B, N, d)."""
         return self.model.get_input_embeddings()(ids)
+
+    def embed_prompt(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Prompt ids in the prompt vocabulary: (B, N) -> (B, N, d)."""
+        if self.prompt_vocab is None:
+            return self.hard_embed(prompt_ids)
+        return F.embedding(prompt_ids, self.W_E)
 
     def _layout(self, n: int, tail: int):
         """Cached SpanContext.layout plus the pieces' slices, for span n and tail tokens."""
@@ -166,7 +183,8 @@ class DifferentiableLM:
             noise = torch.stack([gumbel_noise(logits.shape[1:], g, logits.device, logits.dtype)
                                  for g in generators for _ in range(K)])  # (B * K, V)
             sample = gumbel_softmax(logits, tau, noise, hard=hard)  # (B * K, V)
-            embeds = self.soft_embed(sample[:, None])  # (B * K, 1, d)
+            # The model's output distribution spans the whole vocabulary, not the prompt's.
+            embeds = sample[:, None].to(self.W_E_all.dtype) @ self.W_E_all  # (B * K, 1, d)
             if mask is not None:
                 mask, positions = _one_more(mask, positions)
         return torch.stack(steps, dim=1).reshape(B, M, -1)
@@ -183,7 +201,7 @@ class DifferentiableLM:
         every position past a pair's output length (context.output_lengths).
         """
         B, K = prompt_ids.shape[0], self.pairs
-        embeds, mask, positions = self._assemble(self.hard_embed(prompt_ids), None)
+        embeds, mask, positions = self._assemble(self.embed_prompt(prompt_ids), None)
         out = self._run(embeds, mask, positions, use_cache=True, logits_to_keep=1)
         self._count(B * K, embeds.shape[1], 1)
         cached = embeds.shape[1]
@@ -223,7 +241,7 @@ class DifferentiableLM:
         prompt_ids: (B, N); target_ids: (B, M) -> bool (B, M). Greedy decoding reproduces the
         target exactly iff every scored position hits (induction over positions).
         """
-        logits = self.teacher_forced_logits(self.hard_embed(prompt_ids), target_ids,
+        logits = self.teacher_forced_logits(self.embed_prompt(prompt_ids), target_ids,
                                             backward=False)
         return logits.argmax(-1) == target_ids
 
@@ -241,8 +259,8 @@ class DifferentiableLM:
         losses, exact = [], []
         for i in range(0, prompt_ids.shape[0], chunk):
             sl = slice(i, i + chunk)
-            logits = self.teacher_forced_logits(self.hard_embed(prompt_ids[sl]), target_ids[sl],
-                                                backward=False)  # (r, M, V)
+            logits = self.teacher_forced_logits(self.embed_prompt(prompt_ids[sl]),
+                                                target_ids[sl], backward=False)  # (r, M, V)
             losses.append(target_loss(logits, target_ids[sl], mask[sl], objective, margin))
             exact.append(((logits.argmax(-1) == target_ids[sl]) | ~mask[sl]).all(1))
         return torch.cat(losses), torch.cat(exact)
