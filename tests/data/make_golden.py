@@ -10,7 +10,8 @@ import dlmi
 
 # Explicit options where a default has changed on purpose since the golden file was made.
 OPTIONS = {"dlmi-search": {"objective": "ce", "top_k": 256}}
-COMMON = {"vocab": "all"}  # the default excludes special tokens since 2026-11-25
+# Defaults added since: special tokens excluded, prompts judged as re-tokenised text.
+COMMON = {"vocab": "all", "roundtrip": False}
 METHODS = ["dlmi", "dlmi-notf", "dlmi-search", "dlmi-shared-tau", "gbda", "gcg", "pez",
            "random", "reinforce", "soda"]
 

@@ -1,7 +1,8 @@
 import torch
 
 from dlmi.methods.base import Batch, row_generators
-from dlmi.methods.gcg import roundtrip_mask, sample_swaps
+from dlmi.methods.gcg import sample_swaps
+from dlmi.model.roundtrip import round_trips
 from dlmi.methods.soda import SODA, SODAConfig
 from dlmi.model.dlm import DifferentiableLM
 
@@ -87,4 +88,4 @@ def test_gcg_filter_drops_prompts_that_do_not_round_trip():
 
     lm = SimpleNamespace(tokenizer=MergingTokenizer())
     cand = torch.tensor([[[2, 2], [0, 1], [1, 0]]])  # "abab" ok, "ab" merges, "ba" ok
-    assert roundtrip_mask(lm, cand).tolist() == [[True, False, True]]
+    assert round_trips(lm, [], cand).tolist() == [[True, False, True]]

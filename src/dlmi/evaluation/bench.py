@@ -161,7 +161,9 @@ def plan(spec: BenchSpec, targets: list[dict], done: set[tuple]) -> list[Job]:
 def method_config(spec: BenchSpec, method: str, prompt_length: int):
     from dlmi.inversion.config_builder import build_config
 
-    options = dict(spec.method_options.get(method, {}))
+    # The paper's protocol judges the ids themselves, not their text (method_options may
+    # turn the round trip on).
+    options = {"roundtrip": False, **spec.method_options.get(method, {})}
     options.update(prompt_length=prompt_length, steps=spec.steps,
                    budgets=tuple(spec.budgets), eval_every=spec.eval_every)
     return build_config(method, overrides=options, where=f"bench option of {method}",

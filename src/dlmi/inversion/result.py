@@ -28,6 +28,9 @@ class InversionResult:
     seconds: float  # wall time until this target was done
     seed: int
     prefix_ids: list[int] = field(default_factory=list)
+    # The method's best ids did not survive as text; prompt_ids are its text re-tokenised,
+    # and output and LCS are theirs (config roundtrip).
+    prompt_repaired: bool = False
     solved_at_step: int | None = None
     interrupted: bool = False
     lcs_at_budget: dict[str, float] = field(default_factory=dict)  # step budget -> best LCS
@@ -55,7 +58,8 @@ class InversionResult:
             f"method   {self.method} on {self.model}, seed {self.seed}",
             f"target   {visible(self.target_text)}",
             f"prompt   {visible(self.prompt_text)}"
-            + ("" if self.roundtrip_ok else "   (text does not re-tokenise to the same ids)"),
+            + ("" if self.roundtrip_ok else "   (text does not re-tokenise to the same ids)")
+            + ("   (re-tokenised from the method's ids)" if self.prompt_repaired else ""),
             f"output   {visible(self.output_text)}",
             f"LCS      {self.lcs_ratio:.3f} ({status}) after {self.steps} steps, "
             f"{self.seconds:.1f} s",

@@ -29,6 +29,7 @@ from dlmi.model.context import SpanContext
 from dlmi.model.dlm import DifferentiableLM
 from dlmi.model.models import LoadedModel, as_loaded_model, frozen
 from dlmi.model.numerics import subnormals_flushed
+from dlmi.model.roundtrip import retokenised
 from dlmi.model.vocab import allowed_token_ids
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class _Row:
     best_lcs: float | None = None  # None until the first evaluation
     best_prompt: list[int] = dataclasses.field(default_factory=list)
     best_output: list[int] = dataclasses.field(default_factory=list)
+    repaired: bool = False  # best_prompt is the re-tokenised text of what the method found
     solved_at: int | None = None
     steps_done: int = 0
     seconds: float = 0.0
@@ -254,22 +256,40 @@ class _Run:
         hits = self.dlm.teacher_forced_hits(distinct[:, 1:], target[distinct[:, 0]])
         hits = hits[back].view(b, K, -1)
         score = (hits | ~mask[:, None]).sum(-1)  # (b, K); ties keep index 0, the current one
-        pick = score.argmax(1)
+        safe = self.dlm.round_trips(cands) if self.cfg.roundtrip else None  # (b, K) bool
+        # Among equal hits, a prompt that survives as text wins.
+        pick = (score * 2 + (safe.long() if safe is not None else 0)).argmax(1)
         chosen = cands[rows, pick]  # (b, N)
         # Every scored position hit under teacher forcing: greedy decoding gives the target
         # (see DifferentiableLM.teacher_forced_hits), so only the other rows are decoded.
         proven = score[rows, pick] == target.shape[1]  # (b,)
+        repaired: dict[int, list[int]] = {}  # row -> the ids its text really tokenises to
+        if safe is not None:
+            ctx = self.dlm.context
+            for j in (~safe[rows, pick]).nonzero()[:, 0].tolist():
+                repaired[j] = retokenised(self.lm, ctx.before[0],
+                                          self.dlm.global_ids(chosen[j]).tolist(),
+                                          ctx.after[0])
+                proven[j] = False
         eos = self.dlm.eos_id
         output = target.clone() if eos is None else torch.where(mask, target, eos)  # (b, M)
-        if not bool(proven.all()):
-            output[~proven] = self.dlm.greedy_decode(chosen[~proven], target.shape[1])
+        plain = ~proven
+        for j in repaired:
+            plain[j] = False
+        if bool(plain.any()):
+            output[plain] = self.dlm.greedy_decode(chosen[plain], target.shape[1])
+        for j, ids in repaired.items():  # judged as the text a user would paste
+            prompt = torch.tensor([ids], dtype=torch.long, device=chosen.device)
+            output[j] = self.dlm.greedy_decode(prompt, target.shape[1], model_ids=True)[0]
         for j, b in enumerate(self.active):
             r = self.rows[b]
             out_ids = output[j, : len(r.ids)].tolist()
             lcs = lcs_ratio(out_ids, r.ids)
             if r.best_lcs is None or lcs > r.best_lcs:
                 r.best_lcs = lcs
-                r.best_prompt = self.dlm.global_ids(chosen[j]).tolist()
+                r.best_prompt = (repaired[j] if j in repaired
+                                 else self.dlm.global_ids(chosen[j]).tolist())
+                r.repaired = j in repaired
                 r.best_output = out_ids
             if out_ids == r.ids and r.solved_at is None:
                 r.solved_at = step
@@ -313,7 +333,7 @@ class _Run:
             output_text=lm.decode(r.best_output), target_ids=r.ids,
             target_text=lm.decode(r.ids), lcs_ratio=r.best_lcs or 0.0,
             exact_match=r.best_output == r.ids,
-            roundtrip_ok=lm.encode(prompt_text) == r.best_prompt,
+            roundtrip_ok=lm.encode(prompt_text) == r.best_prompt, prompt_repaired=r.repaired,
             steps=r.steps_done, seconds=round(r.seconds, 3), seed=r.seed,
             prefix_ids=self.dlm.prefix_ids.tolist(), solved_at_step=r.solved_at,
             interrupted=interrupted, lcs_at_budget=r.lcs_at, soft_lcs=r.best_soft_lcs,

@@ -41,6 +41,11 @@ class MethodConfig:
     vocab_deny: str | None = opt(None, "never these tokens: ids or @FILE, as vocab_allow")
     no_target_tokens: bool = opt(
         False, "the prompt may not use any token of the target (no copying it)")
+    # A prompt is judged as the text it decodes to: candidates whose text re-tokenises to
+    # the same ids are preferred, others are judged (and returned) as their re-tokenised ids.
+    roundtrip: bool = opt(
+        True, "judge prompts as pasted text (re-tokenised in their context); bench's paper "
+        "protocol turns it off")
 
     def __post_init__(self):
         self.budgets = tuple(int(b) for b in self.budgets)

@@ -182,6 +182,10 @@ class DLMISearch(DLMI):
             pool = torch.cat(pools, 1)  # (B, K, N); the incumbent first, so ties keep it
             pool_loss = torch.cat(losses, 1)  # (B, K)
             pool_exact = torch.cat(exacts, 1)
+            if cfg.roundtrip:  # a prompt that does not survive as text is never kept
+                safe = self.dlm.round_trips(pool)  # (B, K)
+                pool_loss = pool_loss.masked_fill(~safe, float("inf"))
+                pool_exact = pool_exact & safe
             # An exact prompt beats any inexact one, then the lower loss.
             key = pool_loss - pool_exact.float() * 1e9  # (B, K)
             top = key.argmin(1)

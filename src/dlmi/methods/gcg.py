@@ -59,16 +59,6 @@ def sample_swaps(prompts: torch.Tensor, top_tokens: torch.Tensor, width: int,
     return cand
 
 
-def roundtrip_mask(lm, candidates: torch.Tensor) -> torch.Tensor:
-    """True where decode -> encode gives back the same ids. candidates (..., N) -> (...)."""
-    flat = candidates.reshape(-1, candidates.shape[-1]).tolist()
-    texts = lm.tokenizer.batch_decode(flat, skip_special_tokens=False,
-                                      clean_up_tokenization_spaces=False)
-    again = lm.tokenizer(texts, add_special_tokens=False)["input_ids"]
-    ok = [list(a) == b for a, b in zip(again, flat, strict=True)]
-    return torch.tensor(ok, device=candidates.device).view(candidates.shape[:-1])
-
-
 @register
 class GCG(IncumbentSearch):
     name = "gcg"
@@ -102,7 +92,7 @@ class GCG(IncumbentSearch):
         top = (-grad).topk(min(cfg.top_k, grad.shape[-1]), dim=-1).indices  # (B, N, K)
         cand = sample_swaps(state.prompts, top, cfg.search_width, batch.generators)
         if cfg.filter_roundtrip:  # before scoring: a filtered swap costs no forward
-            ok = roundtrip_mask(self.dlm.lm, self.dlm.global_ids(cand))  # (B, W)
+            ok = self.dlm.round_trips(cand)  # (B, W)
             # A row with no valid swap keeps all of them rather than stalling.
             ok |= ~ok.any(1, keepdim=True)
             losses = self.candidate_losses(cand, batch, ok)

@@ -15,6 +15,7 @@ from dlmi.model.context import SpanContext
 from dlmi.model.estimators import gumbel_noise, gumbel_softmax
 from dlmi.model.kv_cache import cache_of, with_cache
 from dlmi.model.models import LoadedModel
+from dlmi.model.roundtrip import round_trips
 
 
 class DifferentiableLM:
@@ -46,6 +47,12 @@ class DifferentiableLM:
     def vocab_size(self) -> int:
         """Tokens a prompt may use (all of the model's unless restricted)."""
         return self.W_E.shape[0]
+
+    def round_trips(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """(..., N) prompts in the prompt vocabulary -> (...) bool: their text, pasted into
+        the context (the first pair's), tokenises back to the same ids."""
+        ctx = self.context
+        return round_trips(self.lm, ctx.before[0], self.global_ids(prompt_ids), ctx.after[0])
 
     def global_ids(self, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Prompt ids in the prompt vocabulary (B, N) -> the model's token ids (B, N)."""
@@ -192,16 +199,19 @@ class DifferentiableLM:
     # ---- judges on hard ids ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def greedy_decode(self, prompt_ids: torch.Tensor, M: int) -> torch.Tensor:
+    def greedy_decode(self, prompt_ids: torch.Tensor, M: int, model_ids: bool = False
+                      ) -> torch.Tensor:
         """Greedy continuation of M tokens per row (M / K per pair).
-        prompt_ids: (B, N) -> (B, M).
+        prompt_ids: (B, N) in the prompt vocabulary, or the model's ids (model_ids=True)
+        -> (B, M).
 
         After an end-of-sequence token the rest is EoS, the same convention as the padding of
         targets (Algorithm 2), so outputs and targets compare position by position; so is
         every position past a pair's output length (context.output_lengths).
         """
         B, K = prompt_ids.shape[0], self.pairs
-        embeds, mask, positions = self._assemble(self.embed_prompt(prompt_ids), None)
+        prompt = self.hard_embed(prompt_ids) if model_ids else self.embed_prompt(prompt_ids)
+        embeds, mask, positions = self._assemble(prompt, None)
         out = self._run(embeds, mask, positions, use_cache=True, logits_to_keep=1)
         self._count(B * K, embeds.shape[1], 1)
         cached = embeds.shape[1]
