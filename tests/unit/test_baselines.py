@@ -2,9 +2,9 @@ import torch
 
 from dlmi.methods.base import Batch, row_generators
 from dlmi.methods.gcg import sample_swaps
-from dlmi.model.roundtrip import round_trips
 from dlmi.methods.soda import SODA, SODAConfig
 from dlmi.model.dlm import DifferentiableLM
+from dlmi.model.roundtrip import round_trips
 
 
 def soda_setup(tiny_lm, **cfg):
