@@ -160,6 +160,14 @@ CASES = [
                               "{tmp}/a_file/r.jsonl"], "cannot write"),
     ("bench-time-flag", ["bench", "--time-limit", "-3", "--out", "{tmp}/r.jsonl"],
      "time_limit"),
+    ("invert-save-file", ["invert", "--target", "a", "--save", "{tmp}/a_file"], "is a file"),
+    ("invert-save-many", ["invert", "--targets", "{tmp}/targets.txt", "--save", "{tmp}/sp"],
+     "one --target"),
+    ("invert-init-from", ["invert", "--target", "a", "--soft", "--set",
+                          "init_from={tmp}/dir"], "not a soft prompt folder"),
+    ("invert-vocab", ["invert", "--target", "a", "--vocab", "latin"], "vocab must be one of"),
+    ("invert-allow-text", ["invert", "--target", "a", "--set", "vocab_allow=a,b"],
+     "comma-separated token ids"),
     # tune
     ("tune-data-missing", ["tune", "--data", "{tmp}/nowhere.jsonl"], "not found"),
     ("tune-data-empty", ["tune", "--data", "{tmp}/empty.txt"], "has no pairs"),
@@ -181,6 +189,8 @@ CASES = [
                            "{tmp}/nowhere.jsonl"], "not found"),
     ("tune-json-dir", ["tune", "--data", "{tmp}/pairs.jsonl", "--json", "{tmp}/dir"],
      "is a directory"),
+    ("tune-save-file", ["tune", "--data", "{tmp}/pairs.jsonl", "--save", "{tmp}/a_file"],
+     "is a file"),
     ("tune-steps-zero", ["tune", "--data", "{tmp}/pairs.jsonl", "--steps", "0"], "--steps"),
     # targets
     ("targets-k-zero", ["targets", "--k", "0", "--out", "{tmp}/t.jsonl"], "--k"),

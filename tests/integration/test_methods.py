@@ -11,7 +11,9 @@ from tests.conftest import hidden_prompt_target
 # dlmi-notf 40, dlmi-shared-tau 40, gbda 16, gcg 4, pez 28, random 4, reinforce 36, soda 12,
 # dlmi-search 3; budgets leave about 2x headroom.
 BUDGET = {"dlmi": 72, "dlmi-notf": 80, "dlmi-shared-tau": 80, "gbda": 48, "gcg": 12, "pez": 56,
-          "random": 32, "reinforce": 72, "soda": 24, "dlmi-search": 8}
+          "random": 32, "reinforce": 72, "soda": 24, "dlmi-search": 8, "soft-prompt": 16}
+# Soft prompts succeed as embeddings (measured: step 4); their nearest tokens rarely do.
+SOFT = {"soft-prompt"}
 # GCG's paper settings (top-k 256, 512 swaps) are sized for 50k-token vocabularies.
 SMALL = {"gcg": dict(top_k=32, search_width=64)}
 
@@ -25,7 +27,10 @@ def test_recovers_easy_target_within_budget(tiny_lm, method):
     target = hidden_prompt_target(tiny_lm, 1, target_len=3)
     r = dlmi.invert(tiny_lm, target, method=method, prompt_length=4, steps=BUDGET[method],
                     eval_every=4, **SMALL.get(method, {}))
-    assert r.exact_match and r.output_ids == target, (method, r.lcs_ratio)
+    if method in SOFT:
+        assert r.embedding_exact, (method, r.embedding_lcs)
+    else:
+        assert r.exact_match and r.output_ids == target, (method, r.lcs_ratio)
     assert r.method == method and r.steps <= BUDGET[method]
 
 

@@ -86,6 +86,39 @@ def check_writable(path: str | Path, flag: str) -> Path:
     return path
 
 
+def add_soft_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--soft", action="store_true",
+                   help="learn N continuous embeddings (method soft-prompt) instead of tokens; "
+                        "for users who can feed embeddings to the model")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="write the prompt as a PEFT prompt-tuning adapter (the soft prompt, or "
+                        "the embeddings of the discrete one), loadable with "
+                        "peft.PeftModel.from_pretrained and by --set init_from=DIR")
+
+
+def save_prompt(folder: str, lm, result, prompt_first: bool) -> None:
+    """--save: the result's soft prompt, or its tokens' embeddings, as a PEFT adapter."""
+    from dlmi.model.peft_adapter import save_soft_prompt
+
+    if result.embeddings is not None:
+        embeddings, text = result.embeddings, None
+    else:
+        ids = torch_tensor(result.prompt_ids)
+        embeddings = lm.model.get_input_embeddings().weight[ids].detach()
+        text = result.prompt_text
+    save_soft_prompt(folder, embeddings, lm.model, lm.spec, text)
+    print(f"saved the prompt as a PEFT prompt-tuning adapter in {folder}")
+    if not prompt_first:
+        print("note: PEFT puts virtual tokens before all input, but this prompt was optimised "
+              "after fixed text, so under PEFT it will not give these outputs", file=sys.stderr)
+
+
+def torch_tensor(ids):
+    import torch
+
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def check_output_dir(path: str | Path, flag: str) -> Path:
     """An output directory: fine if it exists as a directory or can be created."""
     path = Path(path)

@@ -11,9 +11,12 @@ from dlmi.cli.common import (
     add_method_flags,
     add_model_flags,
     add_quiet_flag,
+    add_soft_flags,
+    check_output_dir,
     check_writable,
     load_model_from_args,
     method_overrides,
+    save_prompt,
 )
 from dlmi.errors import UsageError
 
@@ -35,6 +38,7 @@ def add_parser(sub) -> None:
                    metavar="METHOD", help=f"inversion method, one of {', '.join(method_names())}"
                                           f" (default {DEFAULT_METHOD}; `dlmi methods NAME`)")
     add_method_flags(p)
+    add_soft_flags(p)
     p.add_argument("--prefix", default=None,
                    help="fixed context placed before the learnable prompt (not optimised)")
     p.add_argument("--json", "--out", dest="json_out", default=None, metavar="FILE",
@@ -52,9 +56,15 @@ def run(args) -> int:
     from dlmi.inversion.config_builder import build_config
     from dlmi.inversion.runner import run_inversion
 
+    if args.soft:
+        args.method = "soft-prompt"
     config = build_config(args.method, overrides=method_overrides(args))  # before the model
     if args.json_out:
         check_writable(args.json_out, "--json")
+    if args.save:
+        if args.target is None:
+            raise UsageError("--save writes one prompt: give one --target, not --targets")
+        check_output_dir(args.save, "--save")
     if args.target is not None:
         if not args.target:
             raise UsageError("target is empty: give --target some text")
@@ -85,6 +95,8 @@ def run(args) -> int:
         print(result)
     if args.json_out:
         log.info("appended %d row(s) to %s", len(results), args.json_out)
+    if args.save:
+        save_prompt(args.save, lm, results[0], prompt_first=not prefix)
     if any(r.interrupted for r in results):
         print("dlmi: interrupted; the results above are the best found so far", file=sys.stderr)
         return EXIT_INTERRUPTED

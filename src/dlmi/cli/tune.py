@@ -12,9 +12,12 @@ from dlmi.cli.common import (
     add_method_flags,
     add_model_flags,
     add_quiet_flag,
+    add_soft_flags,
+    check_output_dir,
     check_writable,
     load_model_from_args,
     method_overrides,
+    save_prompt,
 )
 
 DEFAULT_TEMPLATE = "{prompt} {input}"
@@ -46,6 +49,7 @@ def add_parser(sub) -> None:
                    metavar="METHOD", help=f"tuning method, one of {', '.join(method_names())} "
                                           f"(default {DEFAULT_METHOD})")
     add_method_flags(p)
+    add_soft_flags(p)
     p.add_argument("--json", "--out", dest="json_out", default=None, metavar="FILE",
                    help="write the result as one JSON object (accuracy_before/after, "
                         "lcs_before/after, prompt_ids, prompt_text, per-pair outputs)")
@@ -59,12 +63,16 @@ def run(args) -> int:
     from dlmi.prompting.template import parse_template
     from dlmi.prompting.tune import tune_prompt
 
+    if args.soft:
+        args.method = "soft-prompt"
     config = build_config(args.method, overrides=method_overrides(args))  # before the model
     template = parse_template(args.template, chat=args.chat)
     train = read_pairs(args.data, "--data")
     held_out = read_pairs(args.eval_file, "--eval") if args.eval_file else None
     if args.json_out:
         check_writable(args.json_out, "--json")
+    if args.save:
+        check_output_dir(args.save, "--save")
     lm = load_model_from_args(args)
     bar = None if args.quiet else ProgressBar(config.steps)
     try:
@@ -76,6 +84,9 @@ def run(args) -> int:
     print(result)
     if args.json_out:
         _write_json(Path(args.json_out), result.to_json(indent=1))
+    if args.save:
+        before, _ = template.ids(lm, train[0].input)
+        save_prompt(args.save, lm, result.inversion, prompt_first=not before)
     if result.interrupted:
         print("dlmi: interrupted; the prompt above is the best found so far", file=sys.stderr)
         return EXIT_INTERRUPTED

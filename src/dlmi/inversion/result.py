@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # results are read without torch (dlmi report)
+    import torch
 
 
 def visible(text: str) -> str:
@@ -43,9 +47,16 @@ class InversionResult:
     compute: dict = field(default_factory=dict)  # ComputeCounter of this target's share
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    # Soft prompts only (method soft-prompt): the greedy output of the embeddings themselves,
+    # best over the run; the fields above judge their nearest tokens. None for hard methods.
+    embedding_lcs: float | None = None
+    embedding_exact: bool | None = None
+    embedding_output_text: str | None = None
+    embedding_solved_at_step: int | None = None
+    embeddings: torch.Tensor | None = field(default=None, repr=False)  # (N, d), not in JSON
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "embeddings"}
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
@@ -63,4 +74,9 @@ class InversionResult:
             f"output   {visible(self.output_text)}",
             f"LCS      {self.lcs_ratio:.3f} ({status}) after {self.steps} steps, "
             f"{self.seconds:.1f} s",
-        ])
+        ] + ([] if self.embedding_lcs is None else [
+            f"soft     output {visible(self.embedding_output_text)}, LCS "
+            f"{self.embedding_lcs:.3f} ("
+            f"{'exact match' if self.embedding_exact else 'no exact match'}) of the "
+            "embeddings themselves; the lines above judge their nearest tokens",
+        ]))

@@ -128,6 +128,10 @@ class _Row:
     best_prompt: list[int] = dataclasses.field(default_factory=list)
     best_output: list[int] = dataclasses.field(default_factory=list)
     repaired: bool = False  # best_prompt is the re-tokenised text of what the method found
+    embed_lcs: float | None = None  # soft prompts: best LCS of the embeddings' own output
+    embed_output: list[int] = dataclasses.field(default_factory=list)
+    embeddings: torch.Tensor | None = None  # (N, d) the soft prompt behind embed_lcs
+    embed_solved_at: int | None = None
     solved_at: int | None = None
     steps_done: int = 0
     seconds: float = 0.0
@@ -281,6 +285,9 @@ class _Run:
         for j, ids in repaired.items():  # judged as the text a user would paste
             prompt = torch.tensor([ids], dtype=torch.long, device=chosen.device)
             output[j] = self.dlm.greedy_decode(prompt, target.shape[1], model_ids=True)[0]
+        embeds = self.method.current_embeddings(state)  # (b, N, d) for soft prompts
+        if embeds is not None:
+            embed_output = self.dlm.greedy_decode(None, target.shape[1], prompt_embeds=embeds)
         for j, b in enumerate(self.active):
             r = self.rows[b]
             out_ids = output[j, : len(r.ids)].tolist()
@@ -293,16 +300,31 @@ class _Run:
                 r.best_output = out_ids
             if out_ids == r.ids and r.solved_at is None:
                 r.solved_at = step
+            if embeds is not None:
+                self._judge_embeddings(r, embeds[j], embed_output[j, : len(r.ids)].tolist(),
+                                       step)
             r.history.append({
                 "step": step, "loss": r.loss, "temperature": r.tau, "lcs": lcs,
                 "best_lcs": r.best_lcs, "soft_lcs": r.soft_lcs, "best_soft_lcs": r.best_soft_lcs,
                 "seconds": round(self._elapsed(), 3),
             })
 
+    @staticmethod
+    def _judge_embeddings(r, embeds: torch.Tensor, out_ids: list[int], step: int) -> None:
+        """A soft prompt's own greedy output (B rows judged one by one): best kept."""
+        lcs = lcs_ratio(out_ids, r.ids)
+        if r.embed_lcs is None or lcs > r.embed_lcs:
+            r.embed_lcs, r.embed_output = lcs, out_ids
+            r.embeddings = embeds.detach().to("cpu").clone()
+        if out_ids == r.ids and r.embed_solved_at is None:
+            r.embed_solved_at = step
+
     def _drop_solved(self, state):
         if not self.cfg.early_stop:
             return state
-        keep = [j for j, b in enumerate(self.active) if self.rows[b].solved_at is None]
+        # A row is done when its hard prompt is exact, or, for a soft prompt, its embeddings.
+        keep = [j for j, b in enumerate(self.active)
+                if self.rows[b].solved_at is None and self.rows[b].embed_solved_at is None]
         if len(keep) == len(self.active):
             return state
         for j, b in enumerate(self.active):
@@ -339,5 +361,9 @@ class _Run:
             interrupted=interrupted, lcs_at_budget=r.lcs_at, soft_lcs=r.best_soft_lcs,
             soft_lcs_at_budget=r.soft_lcs_at, history=r.history,
             compute=r.compute.as_dict(), config=self.cfg.to_dict(),
+            embedding_lcs=r.embed_lcs,
+            embedding_exact=None if r.embed_lcs is None else r.embed_output == r.ids,
+            embedding_output_text=None if r.embed_lcs is None else lm.decode(r.embed_output),
+            embedding_solved_at_step=r.embed_solved_at, embeddings=r.embeddings,
             provenance=provenance(self.dlm.device),
         )

@@ -137,6 +137,11 @@ class Method(abc.ABC, Generic[StateT]):
     def current_prompts(self, state: StateT) -> torch.Tensor:
         """The hard prompt each row currently proposes: (B, N) long."""
 
+    def current_embeddings(self, state: StateT) -> torch.Tensor | None:
+        """Continuous prompt embeddings (B, N, d) judged beside the hard prompt, for methods
+        whose product is a soft prompt; None for the others."""
+        return None
+
     @abc.abstractmethod
     def keep(self, state: StateT, index: torch.Tensor) -> StateT:
         """State restricted to the rows in `index` (1-D long), moments and all."""

@@ -12,6 +12,7 @@ BUILTIN = {
     "dlmi": "dlmi_method", "dlmi-notf": "dlmi_method", "dlmi-shared-tau": "dlmi_method",
     "gbda": "dlmi_method", "dlmi-search": "dlmi_search", "gcg": "gcg", "pez": "pez",
     "random": "random_search", "reinforce": "reinforce", "soda": "soda",
+    "soft-prompt": "soft_prompt",
 }
 
 

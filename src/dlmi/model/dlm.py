@@ -199,23 +199,26 @@ class DifferentiableLM:
     # ---- judges on hard ids ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def greedy_decode(self, prompt_ids: torch.Tensor, M: int, model_ids: bool = False
-                      ) -> torch.Tensor:
+    def greedy_decode(self, prompt_ids: torch.Tensor | None, M: int, model_ids: bool = False,
+                      prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy continuation of M tokens per row (M / K per pair).
-        prompt_ids: (B, N) in the prompt vocabulary, or the model's ids (model_ids=True)
-        -> (B, M).
+        prompt_ids: (B, N) in the prompt vocabulary, or the model's ids (model_ids=True);
+        or prompt_embeds (B, N, d), a soft prompt -> (B, M).
 
         After an end-of-sequence token the rest is EoS, the same convention as the padding of
         targets (Algorithm 2), so outputs and targets compare position by position; so is
         every position past a pair's output length (context.output_lengths).
         """
-        B, K = prompt_ids.shape[0], self.pairs
-        prompt = self.hard_embed(prompt_ids) if model_ids else self.embed_prompt(prompt_ids)
+        if prompt_embeds is not None:
+            prompt = prompt_embeds
+        else:
+            prompt = self.hard_embed(prompt_ids) if model_ids else self.embed_prompt(prompt_ids)
+        B, K = prompt.shape[0], self.pairs
         embeds, mask, positions = self._assemble(prompt, None)
         out = self._run(embeds, mask, positions, use_cache=True, logits_to_keep=1)
         self._count(B * K, embeds.shape[1], 1)
         cached = embeds.shape[1]
-        finished = torch.zeros(B * K, dtype=torch.bool, device=prompt_ids.device)
+        finished = torch.zeros(B * K, dtype=torch.bool, device=self.device)
         tokens = []
         for m in range(M // K):
             nxt = out.logits[:, -1].argmax(-1)  # (B * K,)

@@ -61,9 +61,14 @@ class TuneResult:
     interrupted: bool
     pairs: list[PairOutcome] = field(default_factory=list)  # per evaluated pair
     training: dict = field(default_factory=dict)  # the run's InversionResult (history, compute)
+    # Soft prompts (method soft-prompt): the embeddings themselves on the same pairs; the
+    # fields above judge their nearest tokens.
+    soft_accuracy_after: float | None = None
+    soft_lcs_after: float | None = None
+    inversion: InversionResult | None = field(default=None, repr=False)  # not in JSON
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "inversion"}
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
@@ -82,6 +87,10 @@ class TuneResult:
             f"{hits_a}/{n} ({self.accuracy_after:.2f}); mean LCS {self.lcs_before:.3f} -> "
             f"{self.lcs_after:.3f}",
         ]
+        if self.soft_accuracy_after is not None:
+            lines.append(f"soft     exact {self.soft_accuracy_after:.2f}, mean LCS "
+                         f"{self.soft_lcs_after:.3f} with the embeddings themselves ({self.eval_on}"
+                         "); the lines above judge their nearest tokens")
         if self.eval_on == "eval":
             lines.append(f"train    exact {self.train_accuracy_after:.2f} after tuning")
         return "\n".join(lines)
@@ -108,11 +117,15 @@ def joined_target(lm: LoadedModel, outputs: list[list[int]]) -> list[int]:
 
 @torch.no_grad()
 def greedy_outputs(lm: LoadedModel, template: Template, pairs: Sequence[Pair],
-                   prompt_ids: Sequence[int], chunk: int = 16) -> list[list[int]]:
+                   prompt_ids: Sequence[int], chunk: int = 16,
+                   embeddings: torch.Tensor | None = None) -> list[list[int]]:
     """Each pair's greedy continuation, as many tokens as its output, with the prompt in the
-    span (empty prompt: the template alone), `chunk` pairs per batch."""
+    span (empty prompt: the template alone; embeddings (N, d): a soft prompt), `chunk` pairs
+    per batch."""
     found: list[list[int]] = []
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=lm.device)  # (1, N)
+    if embeddings is not None:
+        prompt = torch.zeros(1, embeddings.shape[0], dtype=torch.long, device=lm.device)
     for i in range(0, len(pairs), chunk):
         part = pairs[i:i + chunk]
         ctx, outputs = pair_context(lm, template, part)
@@ -122,7 +135,9 @@ def greedy_outputs(lm: LoadedModel, template: Template, pairs: Sequence[Pair],
             found.extend([[] for _ in part])
             continue
         M = max(map(len, outputs))
-        decoded = DifferentiableLM(lm, context=ctx).greedy_decode(prompt, M * len(part))
+        soft = None if embeddings is None else embeddings[None].to(lm.device)
+        decoded = DifferentiableLM(lm, context=ctx).greedy_decode(prompt, M * len(part),
+                                                                  prompt_embeds=soft)
         rows = decoded.view(len(part), M)
         found.extend(rows[k, : len(o)].tolist() for k, o in enumerate(outputs))
     return found
@@ -166,6 +181,12 @@ def tune_prompt(
         values = list(values)
         return sum(values) / len(values)
 
+    soft_acc = soft_lcs = None
+    if inversion.embeddings is not None:
+        soft = greedy_outputs(lm, template, judged, [], embeddings=inversion.embeddings)
+        soft_acc = mean(s == e for s, e in zip(soft, expected, strict=True))
+        soft_lcs = mean(lcs_ratio(s, e) for s, e in zip(soft, expected, strict=True))
+
     return TuneResult(
         method=inversion.method, model=lm.spec, template=str(template),
         prompt_ids=inversion.prompt_ids, prompt_text=inversion.prompt_text,
@@ -176,4 +197,5 @@ def tune_prompt(
         lcs_after=mean(o.lcs_after for o in outcomes),
         train_pairs=len(train), train_accuracy_after=mean(train_exact),
         steps=inversion.steps, seconds=inversion.seconds, interrupted=inversion.interrupted,
-        pairs=outcomes, training=inversion.to_dict())
+        pairs=outcomes, training=inversion.to_dict(), soft_accuracy_after=soft_acc,
+        soft_lcs_after=soft_lcs, inversion=inversion)
