@@ -47,6 +47,8 @@ class InversionResult:
     compute: dict = field(default_factory=dict)  # ComputeCounter of this target's share
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    # exp(mean NLL) of the prompt under the model, after its fixed context (else BoS)
+    prompt_perplexity: float | None = None
     # Soft prompts only (method soft-prompt): the greedy output of the embeddings themselves,
     # best over the run; the fields above judge their nearest tokens. None for hard methods.
     embedding_lcs: float | None = None
@@ -70,7 +72,9 @@ class InversionResult:
             f"target   {visible(self.target_text)}",
             f"prompt   {visible(self.prompt_text)}"
             + ("" if self.roundtrip_ok else "   (text does not re-tokenise to the same ids)")
-            + ("   (re-tokenised from the method's ids)" if self.prompt_repaired else ""),
+            + ("   (re-tokenised from the method's ids)" if self.prompt_repaired else "")
+            + ("" if self.prompt_perplexity is None
+               else f"   (perplexity {self.prompt_perplexity:.0f})"),
             f"output   {visible(self.output_text)}",
             f"LCS      {self.lcs_ratio:.3f} ({status}) after {self.steps} steps, "
             f"{self.seconds:.1f} s",

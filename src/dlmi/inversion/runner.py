@@ -29,6 +29,7 @@ from dlmi.model.context import SpanContext
 from dlmi.model.dlm import DifferentiableLM
 from dlmi.model.models import LoadedModel, as_loaded_model, frozen
 from dlmi.model.numerics import subnormals_flushed
+from dlmi.model.perplexity import perplexity
 from dlmi.model.roundtrip import retokenised
 from dlmi.model.vocab import allowed_token_ids
 
@@ -113,6 +114,7 @@ def run_inversion(
                               else ())
     with subnormals_flushed(), frozen(lm.model):
         dlm = DifferentiableLM(lm, context=context, prompt_vocab=vocab)
+        dlm.fluency = cfg.fluency
         run = _Run(lm, get_method(method)(cfg, dlm), ids, seeds, callback, on_result)
         return run.run()
 
@@ -349,6 +351,8 @@ class _Run:
     def _result(self, b: int, interrupted: bool) -> InversionResult:
         lm, r = self.lm, self.rows[b]
         prompt_text = lm.decode(r.best_prompt)
+        before = list(self.dlm.context.before[0])
+        ppl = perplexity(lm, r.best_prompt, context=before or None) if r.best_prompt else None
         return InversionResult(
             method=self.method.name, model=lm.spec, prompt_ids=r.best_prompt,
             prompt_text=prompt_text, output_ids=r.best_output,
@@ -361,7 +365,7 @@ class _Run:
             interrupted=interrupted, lcs_at_budget=r.lcs_at, soft_lcs=r.best_soft_lcs,
             soft_lcs_at_budget=r.soft_lcs_at, history=r.history,
             compute=r.compute.as_dict(), config=self.cfg.to_dict(),
-            embedding_lcs=r.embed_lcs,
+            prompt_perplexity=ppl, embedding_lcs=r.embed_lcs,
             embedding_exact=None if r.embed_lcs is None else r.embed_output == r.ids,
             embedding_output_text=None if r.embed_lcs is None else lm.decode(r.embed_output),
             embedding_solved_at_step=r.embed_solved_at, embeddings=r.embeddings,

@@ -41,6 +41,11 @@ class MethodConfig:
     vocab_deny: str | None = opt(None, "never these tokens: ids or @FILE, as vocab_allow")
     no_target_tokens: bool = opt(
         False, "the prompt may not use any token of the target (no copying it)")
+    # Readability against success: the loss gains fluency x the prompt's mean NLL under the
+    # subject model (its log-perplexity), for every method with token prompts.
+    fluency: float = opt(
+        0.0, "weight of the prompt's mean negative log-likelihood under the model added to "
+        "the loss (0: off); results report the prompt's perplexity either way")
     # A prompt is judged as the text it decodes to: candidates whose text re-tokenises to
     # the same ids are preferred, others are judged (and returned) as their re-tokenised ids.
     roundtrip: bool = opt(
@@ -51,6 +56,7 @@ class MethodConfig:
         self.budgets = tuple(int(b) for b in self.budgets)
         if self.time_limit is not None:
             _positive(self, "time_limit")
+        _at_least(self, "fluency", 0.0)
         _at_least(self, "prompt_length", 1)
         _at_least(self, "steps", 1)
         _at_least(self, "eval_every", 1)

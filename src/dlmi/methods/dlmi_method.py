@@ -129,7 +129,9 @@ class DLMI(Method[DLMIState]):
             logits = self.dlm.free_running_logits(
                 prompt, targets.shape[1], gens, tau=cfg.output_tau, hard=cfg.straight_through,
                 soft_positions=N)
-        loss = masked_cross_entropy(logits, targets, mask).view(B, S).mean(1)  # (B,)
+        loss = masked_cross_entropy(logits, targets, mask)
+        loss = (loss + self.dlm.fluency_penalty(prompt, p.reshape(B * S, N, V)))
+        loss = loss.view(B, S).mean(1)  # (B,)
         with torch.no_grad():
             samples = (Z.detach()[:, None] + noise).argmax(-1)  # (B, S, N)
             train_argmax = logits.detach().view(B, S, -1, logits.shape[-1])[:, 0].argmax(-1)

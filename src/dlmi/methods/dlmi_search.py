@@ -239,9 +239,11 @@ class DLMISearch(DLMI):
         p.retain_grad()
         targets = batch.target_ids.repeat_interleave(S, 0)  # (B*S, M)
         mask = batch.mask.repeat_interleave(S, 0)
-        logits = self.dlm.teacher_forced_logits(self.dlm.soft_embed(p.view(B * S, N, V)),
-                                                targets, soft_positions=N)
-        per_sample = target_loss(logits, targets, mask, cfg.objective, cfg.cw_margin).view(B, S)
+        prompt = self.dlm.soft_embed(p.view(B * S, N, V))
+        logits = self.dlm.teacher_forced_logits(prompt, targets, soft_positions=N)
+        per_sample = target_loss(logits, targets, mask, cfg.objective, cfg.cw_margin)
+        per_sample = (per_sample + self.dlm.fluency_penalty(prompt, p.view(B * S, N, V))
+                      ).view(B, S)
         state.optimizer.zero_grad()
         # Sum over rows: each row's gradient is its own (rows share no parameters).
         per_sample.mean(1).sum().backward()

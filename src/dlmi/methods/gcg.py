@@ -69,9 +69,11 @@ class GCG(IncumbentSearch):
         """Loss (B,) and its gradient w.r.t. the one-hot prompt (B, N, V)."""
         one_hot = F.one_hot(prompts, self.dlm.vocab_size).to(self.dlm.W_E.dtype)
         one_hot.requires_grad_(True)
-        logits = self.dlm.teacher_forced_logits(self.dlm.soft_embed(one_hot), batch.target_ids,
+        embeds = self.dlm.soft_embed(one_hot)
+        logits = self.dlm.teacher_forced_logits(embeds, batch.target_ids,
                                                 soft_positions=prompts.shape[1])
         loss = masked_cross_entropy(logits, batch.target_ids, batch.mask)
+        loss = loss + self.dlm.fluency_penalty(embeds, one_hot)
         (grad,) = torch.autograd.grad(loss.sum(), one_hot)
         return loss.detach(), grad
 

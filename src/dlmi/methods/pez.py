@@ -62,6 +62,8 @@ class PEZ(Method[PEZState]):
         hard = self.dlm.embed_prompt(ids).detach().requires_grad_(True)  # (B, N, d)
         logits = self.dlm.teacher_forced_logits(hard, batch.target_ids)
         loss = masked_cross_entropy(logits, batch.target_ids, batch.mask)
+        one_hot = F.one_hot(ids, self.dlm.vocab_size).to(hard.dtype)
+        loss = loss + self.dlm.fluency_penalty(hard, one_hot)
         (grad,) = torch.autograd.grad(loss.sum(), hard)
         state.optimizer.zero_grad()
         state.P.grad = grad  # straight-through: the projection's gradient moves P

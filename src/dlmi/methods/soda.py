@@ -75,9 +75,11 @@ class SODA(Method[SODAState]):
     def step(self, state: SODAState, batch: Batch, step: int) -> StepOutput:
         cfg = self.config
         p = torch.softmax(state.Z / cfg.temperature, -1)  # (B, N, V)
-        logits = self.dlm.teacher_forced_logits(self.dlm.soft_embed(p), batch.target_ids,
+        embeds = self.dlm.soft_embed(p)
+        logits = self.dlm.teacher_forced_logits(embeds, batch.target_ids,
                                                 soft_positions=cfg.prompt_length)
         loss = masked_cross_entropy(logits, batch.target_ids, batch.mask)  # (B,)
+        loss = loss + self.dlm.fluency_penalty(embeds, p)
         state.optimizer.zero_grad()
         loss.sum().backward()
         state.optimizer.step()

@@ -41,6 +41,8 @@ class DifferentiableLM:
         self.eos_id = lm.eos_token_id
         self.shape = ModelShape.of(self.model)
         self.compute = ComputeCounter()
+        # Weight of the prompt's own mean NLL under the model (fluency_penalty); 0: off.
+        self.fluency = 0.0
         self._layouts: dict[tuple[int, int], tuple] = {}
 
     @property
@@ -196,6 +198,31 @@ class DifferentiableLM:
                 mask, positions = _one_more(mask, positions)
         return torch.stack(steps, dim=1).reshape(B, M, -1)
 
+    def fluency_penalty(self, prompt_embeds: torch.Tensor, prompt_dist: torch.Tensor | None
+                        ) -> torch.Tensor:
+        """fluency x the prompt's mean negative log-likelihood under the model, per row (B,):
+        position i's prediction scored against the prompt's distribution at i + 1 (cross-
+        entropy; one-hot for hard prompts), after the first pair's fixed text. Zeros when
+        fluency is 0 (no forward). prompt_embeds (B, N, d); prompt_dist (B, N, V) over the
+        prompt vocabulary."""
+        B, N, _ = prompt_embeds.shape
+        zero = torch.zeros(B, device=self.device)
+        if not self.fluency or prompt_dist is None or N < 2:
+            return zero
+        before = self.context.before[0]
+        pieces = [prompt_embeds]
+        if before:
+            fixed = torch.tensor(before, dtype=torch.long, device=self.device)
+            pieces.insert(0, self.hard_embed(fixed)[None].expand(B, -1, -1))
+        embeds = torch.cat(pieces, 1)
+        self._count(B, embeds.shape[1], N - 1, backward=prompt_embeds.requires_grad)
+        logits = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=N).logits
+        logp = logits[:, -N:-1].float().log_softmax(-1)  # (B, N - 1, V_all) predicts 1..N-1
+        if self.prompt_vocab is not None:
+            logp = logp[..., self.prompt_vocab]
+        nll = -(prompt_dist[:, 1:].float() * logp).sum(-1).mean(-1)  # (B,)
+        return self.fluency * nll
+
     # ---- judges on hard ids ----------------------------------------------------------------------
 
     @torch.no_grad()
@@ -274,7 +301,12 @@ class DifferentiableLM:
             sl = slice(i, i + chunk)
             logits = self.teacher_forced_logits(self.embed_prompt(prompt_ids[sl]),
                                                 target_ids[sl], backward=False)  # (r, M, V)
-            losses.append(target_loss(logits, target_ids[sl], mask[sl], objective, margin))
+            loss = target_loss(logits, target_ids[sl], mask[sl], objective, margin)
+            if self.fluency:
+                ids = prompt_ids[sl]
+                one_hot = F.one_hot(ids, self.vocab_size).to(self.W_E.dtype)
+                loss = loss + self.fluency_penalty(self.embed_prompt(ids), one_hot)
+            losses.append(loss)
             exact.append(((logits.argmax(-1) == target_ids[sl]) | ~mask[sl]).all(1))
         return torch.cat(losses), torch.cat(exact)
 
