@@ -192,6 +192,21 @@ CASES = [
     ("tune-save-file", ["tune", "--data", "{tmp}/pairs.jsonl", "--save", "{tmp}/a_file"],
      "is a file"),
     ("tune-steps-zero", ["tune", "--data", "{tmp}/pairs.jsonl", "--steps", "0"], "--steps"),
+    # l2p
+    ("l2p-generate-zero", ["l2p", "collect", "--generate", "0", "--out", "{tmp}/d"],
+     "--generate"),
+    ("l2p-prompts-missing", ["l2p", "collect", "--prompts", "{tmp}/nowhere.txt", "--out",
+                             "{tmp}/d"], "not found"),
+    ("l2p-out-file", ["l2p", "collect", "--prompts", "{tmp}/targets.txt", "--out",
+                      "{tmp}/a_file"], "is a file"),
+    ("l2p-train-no-data", ["l2p", "train", "--data", "{tmp}/dir", "--out", "{tmp}/ck"],
+     "not a logit2prompt data folder"),
+    ("l2p-train-steps", ["l2p", "train", "--data", "{tmp}/dir", "--out", "{tmp}/ck",
+                         "--steps", "0"], "--steps"),
+    ("l2p-invert-no-ckpt", ["l2p", "invert", "--checkpoint", "{tmp}/dir", "--prompt", "a"],
+     "not a logit2prompt checkpoint"),
+    ("l2p-eval-no-ckpt", ["l2p", "eval", "--checkpoint", "{tmp}/dir", "--data", "{tmp}/dir"],
+     "not a logit2prompt checkpoint"),
     # targets
     ("targets-k-zero", ["targets", "--k", "0", "--out", "{tmp}/t.jsonl"], "--k"),
     ("targets-k-text", ["targets", "--k", "a", "--out", "{tmp}/t.jsonl"], "--k"),
@@ -219,7 +234,7 @@ CASES = [
 def test_bad_input_is_one_line_and_exit_2(case, argv, fragment, tmp_path, capsys):
     _files(tmp_path)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    if argv[0] in ("invert", "tune", "targets", "diagnose") and "--model" not in argv:
+    if argv[0] in ("invert", "tune", "targets", "diagnose", "l2p") and "--model" not in argv:
         argv += TINY
     code = main(argv + ["--quiet"] if argv[0] not in ("methods", "frobnicate") else argv)
     err = capsys.readouterr().err.strip().splitlines()

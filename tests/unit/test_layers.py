@@ -14,6 +14,7 @@ LAYERS = [
     ("inversion", ("dlmi.inversion",)),
     ("evaluation", ("dlmi.evaluation", "dlmi.presets")),
     ("prompting", ("dlmi.prompting",)),
+    ("logit2prompt", ("dlmi.logit2prompt",)),
     ("cli", ("dlmi.cli",)),
 ]
 

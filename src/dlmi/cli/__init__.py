@@ -14,7 +14,7 @@ import sys
 from dlmi.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, quiet_libraries
 from dlmi.errors import UsageError
 
-COMMANDS = ("invert", "tune", "methods", "targets", "bench", "report", "diagnose", "env")
+COMMANDS = ("invert", "tune", "l2p", "methods", "targets", "bench", "report", "diagnose", "env")
 
 
 class _Parser(argparse.ArgumentParser):
