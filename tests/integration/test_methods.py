@@ -60,3 +60,29 @@ def test_gcg_costs_more_forward_passes_per_step_than_dlmi(tiny_lm):
     d = dlmi.invert(tiny_lm, "abc", method="dlmi", **opts)
     assert g.compute["forward_passes"] > 4 * d.compute["forward_passes"]
     assert d.compute["backward_passes"] == 4 * 8  # 8 samples a step, each back-propagated
+
+
+@pytest.mark.parametrize("method", sorted(BUDGET))
+def test_every_method_starts_from_init_prompt(tiny_lm, method):
+    import torch
+
+    from dlmi.inversion.config_builder import build_config
+    from dlmi.methods.base import Batch, row_generators
+    from dlmi.methods.registry import get_method
+    from dlmi.model.dlm import DifferentiableLM
+    from dlmi.model.vocab import allowed_token_ids
+
+    cfg = build_config(method, overrides={"prompt_length": 5, "init_prompt": [40, 41, 42]})
+    dlm = DifferentiableLM(tiny_lm, prompt_vocab=allowed_token_ids(tiny_lm))
+    m = get_method(method)(cfg, dlm)
+    batch = Batch(torch.tensor([[30, 31], [32, 33]]), torch.ones(2, 2, dtype=torch.bool),
+                  row_generators([0, 1], torch.device("cpu")))
+    start = dlm.global_ids(m.current_prompts(m.init_state(batch)))
+    assert start[:, :3].tolist() == [[40, 41, 42]] * 2, start
+
+
+def test_init_prompt_outside_the_vocabulary_is_refused(tiny_lm):
+    from dlmi.errors import UsageError
+
+    with pytest.raises(UsageError, match="outside the allowed vocabulary"):
+        dlmi.invert(tiny_lm, "ab", steps=1, prompt_length=3, init_prompt=[1, 40])

@@ -38,3 +38,11 @@ def test_builtin_names_are_the_registered_methods():
     assert set(registry.BUILTIN) == set(registry._METHODS)
     for name, module in registry.BUILTIN.items():
         assert registry.get_method(name).__module__ == f"dlmi.methods.{module}"
+
+
+def test_an_optional_tuple_option_keeps_its_items():
+    from dlmi.inversion.config_builder import build_config
+
+    cfg = build_config("gcg", overrides={"init_prompt": [40, 41]})
+    assert cfg.init_prompt == (40, 41)
+    assert build_config("gcg", overrides={"init_prompt": "none"}).init_prompt is None

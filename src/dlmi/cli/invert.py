@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 
@@ -39,6 +40,12 @@ def add_parser(sub) -> None:
                                           f" (default {DEFAULT_METHOD}; `dlmi methods NAME`)")
     add_method_flags(p)
     add_soft_flags(p)
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--init-prompt", default=None, metavar="TEXT",
+                       help="start from this prompt's tokens instead of a random prompt")
+    start.add_argument("--init-from", default=None, metavar="CKPT",
+                       help="warm start from a trained logit2prompt inverter (`dlmi l2p "
+                            "train`): its best prompt for the target is the start")
     p.add_argument("--prefix", default=None,
                    help="fixed context placed before the learnable prompt (not optimised)")
     p.add_argument("--json", "--out", dest="json_out", default=None, metavar="FILE",
@@ -47,6 +54,18 @@ def add_parser(sub) -> None:
                         "rows cut short by Ctrl-C are marked interrupted and left out of reports")
     add_quiet_flag(p)
     p.set_defaults(handler=run)
+
+
+def _warm_start(args, lm) -> list[int]:
+    from dlmi.inversion.runner import target_ids_of
+    from dlmi.logit2prompt.invert import warm_start_prompt
+    from dlmi.logit2prompt.model import Logit2Prompt
+
+    inverter = Logit2Prompt.load(args.init_from, lm.device)
+    ids, lcs = warm_start_prompt(inverter, lm, target_ids_of(lm, args.target))
+    log.info("warm start from %s: %r (its output's LCS %.2f)", args.init_from, lm.decode(ids),
+             lcs)
+    return ids
 
 
 def run(args) -> int:
@@ -65,6 +84,14 @@ def run(args) -> int:
         if args.target is None:
             raise UsageError("--save writes one prompt: give one --target, not --targets")
         check_output_dir(args.save, "--save")
+    if args.init_from:
+        from dlmi.logit2prompt.model import check_checkpoint
+
+        if args.target is None:
+            raise UsageError("--init-from starts one target: give --target, not --targets")
+        check_checkpoint(args.init_from)
+    if args.init_prompt is not None and not args.init_prompt:
+        raise UsageError("--init-prompt is empty: give some text")
     if args.target is not None:
         if not args.target:
             raise UsageError("target is empty: give --target some text")
@@ -74,6 +101,10 @@ def run(args) -> int:
         targets, rows = [s.target for s in specs], [s.row for s in specs]
     lm = load_model_from_args(args)
     prefix = lm.encode(args.prefix) if args.prefix else None
+    if args.init_prompt:
+        config = dataclasses.replace(config, init_prompt=tuple(lm.encode(args.init_prompt)))
+    elif args.init_from:
+        config = dataclasses.replace(config, init_prompt=tuple(_warm_start(args, lm)))
 
     def save(index, result):  # each row as soon as its target is done (Ctrl-C: marked)
         if args.json_out:

@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
                        description="The trained inverter of Morris et al. (2023): collect "
                                    "next-token distributions, train a T5 inverter on them, "
                                    "invert, and evaluate with and without defences.")
-    steps = p.add_subparsers(dest="l2p_command", required=True, metavar="STEP")
+    steps = p.add_subparsers(dest="l2p_command", required=True, metavar="STEP",
+                             help="collect, train, invert or eval")
 
     c = steps.add_parser("collect", help="next-token log-probs of prompts, sharded on disk")
     add_model_flags(c)

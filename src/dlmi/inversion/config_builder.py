@@ -69,6 +69,7 @@ def _check(key: str, value, kind, where: str, hint=option_hint):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         (kind,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(kind)  # of the type inside the Optional
     if isinstance(value, str) and kind is not str:
         value = parse_value(value)
     if kind is bool:

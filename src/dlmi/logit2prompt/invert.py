@@ -5,6 +5,7 @@ prompt's output)."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -85,3 +86,17 @@ def invert_distribution(inverter: Logit2Prompt, lm, logprobs: torch.Tensor,
 def distribution_of(lm, prompt_text: str) -> tuple[list[int], torch.Tensor]:
     ids = lm.encode(prompt_text)
     return ids, next_token_logprobs(lm, [ids])[0]
+
+
+def warm_start_prompt(inverter: Logit2Prompt, lm, target_ids: list[int], beams: int = 4
+                      ) -> tuple[list[int], float]:
+    """A start for inverting a target: the inverter reads a distribution with (almost) all
+    mass on the target's first token; of its candidates, the one whose greedy output best
+    matches the target wins. Returns (prompt ids, that candidate's LCS)."""
+    V = lm.vocab_size
+    logprobs = torch.full((V,), math.log(1e-3 / (V - 1)))
+    logprobs[target_ids[0]] = math.log(1 - 1e-3)
+    found = invert_distribution(inverter, lm, logprobs, reference_output=list(target_ids),
+                                beams=beams, candidates=beams, output_tokens=len(target_ids))
+    best = max(found, key=lambda c: c.lcs_ratio)
+    return best.prompt_ids, best.lcs_ratio

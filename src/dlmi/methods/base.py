@@ -46,6 +46,14 @@ class MethodConfig:
     fluency: float = opt(
         0.0, "weight of the prompt's mean negative log-likelihood under the model added to "
         "the loss (0: off); results report the prompt's perplexity either way")
+    # A start other than random: a warm start (`dlmi invert --init-from CKPT`, a trained
+    # logit2prompt inverter) or a user's own prompt (`--init-prompt TEXT`).
+    init_prompt: tuple[int, ...] | None = opt(
+        None, "start from these token ids (model ids; the first N are used, the rest of the "
+        "prompt starts as usual)")
+    init_bias: float = opt(
+        5.0, "init_prompt in logit-based methods: added to its tokens' logits, so the start's "
+        "argmax is that prompt")
     # A prompt is judged as the text it decodes to: candidates whose text re-tokenises to
     # the same ids are preferred, others are judged (and returned) as their re-tokenised ids.
     roundtrip: bool = opt(
@@ -143,6 +151,30 @@ class Method(abc.ABC, Generic[StateT]):
     def current_prompts(self, state: StateT) -> torch.Tensor:
         """The hard prompt each row currently proposes: (B, N) long."""
 
+    def initial_ids(self) -> torch.Tensor | None:
+        """config.init_prompt in the prompt vocabulary, at most N of them: (L,), or None."""
+        ids = self.config.init_prompt
+        if not ids:
+            return None
+        ids = torch.tensor(list(ids)[: self.config.prompt_length], device=self.dlm.device)
+        return self.dlm.local_ids(ids)
+
+    def seed_ids(self, prompts: torch.Tensor) -> torch.Tensor:
+        """(B, N) starting ids with the first L replaced by init_prompt (when set)."""
+        ids = self.initial_ids()
+        if ids is not None:
+            prompts = prompts.clone()
+            prompts[:, : len(ids)] = ids
+        return prompts
+
+    def seed_logits(self, Z: torch.Tensor) -> torch.Tensor:
+        """(B, N, V) starting logits with init_bias added at init_prompt's tokens."""
+        ids = self.initial_ids()
+        if ids is not None:
+            Z = Z.clone()
+            Z[:, torch.arange(len(ids), device=Z.device), ids] += self.config.init_bias
+        return Z
+
     def current_embeddings(self, state: StateT) -> torch.Tensor | None:
         """Continuous prompt embeddings (B, N, d) judged beside the hard prompt, for methods
         whose product is a soft prompt; None for the others."""
@@ -187,8 +219,8 @@ class IncumbentSearch(Method[IncumbentState]):
 
     def init_state(self, batch: Batch) -> IncumbentState:
         dev = self.dlm.device
-        prompts = random_prompt_ids(batch.generators, self.config.prompt_length,
-                                    self.dlm.vocab_size, dev)
+        prompts = self.seed_ids(random_prompt_ids(batch.generators, self.config.prompt_length,
+                                                  self.dlm.vocab_size, dev))
         return IncumbentState(prompts, torch.full((batch.size,), float("inf"), device=dev))
 
     def current_prompts(self, state: IncumbentState) -> torch.Tensor:

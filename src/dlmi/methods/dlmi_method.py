@@ -84,7 +84,7 @@ class DLMI(Method[DLMIState]):
         cfg, V, dev = self.config, self.dlm.vocab_size, self.dlm.device
         N = cfg.prompt_length
         Z = per_row(batch.generators, lambda g: torch.randn(N, V, generator=g, device=dev))
-        Z = (Z * cfg.init_std).requires_grad_(True)
+        Z = self.seed_logits(Z * cfg.init_std).requires_grad_(True)
         params = [Z]
         phi = None
         if cfg.temperature != "fixed":

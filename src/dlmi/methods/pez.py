@@ -45,8 +45,8 @@ class PEZ(Method[PEZState]):
     config_class = PEZConfig
 
     def init_state(self, batch: Batch) -> PEZState:
-        ids = random_prompt_ids(batch.generators, self.config.prompt_length,
-                                self.dlm.vocab_size, self.dlm.device)
+        ids = self.seed_ids(random_prompt_ids(batch.generators, self.config.prompt_length,
+                                              self.dlm.vocab_size, self.dlm.device))
         P = self.dlm.embed_prompt(ids).detach().clone().requires_grad_(True)
         return PEZState(P, BatchedAdam([P], lr=self.config.lr,
                                        weight_decay=self.config.weight_decay))

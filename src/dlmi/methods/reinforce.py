@@ -61,7 +61,7 @@ class Reinforce(Method[ReinforceState]):
     def init_state(self, batch: Batch) -> ReinforceState:
         N, V, dev = self.config.prompt_length, self.dlm.vocab_size, self.dlm.device
         Z = per_row(batch.generators, lambda g: torch.randn(N, V, generator=g, device=dev))
-        Z = (Z * self.config.init_std).requires_grad_(True)
+        Z = self.seed_logits(Z * self.config.init_std).requires_grad_(True)
         return ReinforceState(Z, None, BatchedAdam([Z], lr=self.config.lr))
 
     def surrogate(self, state: ReinforceState, batch: Batch):

@@ -66,8 +66,8 @@ class SODA(Method[SODAState]):
 
     def init_state(self, batch: Batch) -> SODAState:
         cfg = self.config
-        Z = torch.zeros(batch.size, cfg.prompt_length, self.dlm.vocab_size,
-                        device=self.dlm.device, requires_grad=True)
+        Z = self.seed_logits(torch.zeros(batch.size, cfg.prompt_length, self.dlm.vocab_size,
+                                         device=self.dlm.device)).requires_grad_(True)
         opt = BatchedAdam([Z], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                           bias_correction=cfg.bias_correction)
         return SODAState(Z, opt)

@@ -62,8 +62,8 @@ class SoftPrompt(Method[SoftPromptState]):
                                  f": set --prompt-length {saved.shape[0]} or use another model")
             start = saved.to(self.dlm.device, self.dlm.W_E.dtype)[None].repeat(batch.size, 1, 1)
         else:
-            ids = random_prompt_ids(batch.generators, cfg.prompt_length, self.dlm.vocab_size,
-                                    self.dlm.device)
+            ids = self.seed_ids(random_prompt_ids(batch.generators, cfg.prompt_length,
+                                                  self.dlm.vocab_size, self.dlm.device))
             start = self.dlm.embed_prompt(ids)
         P = start.detach().clone().requires_grad_(True)
         return SoftPromptState(P, BatchedAdam([P], lr=cfg.lr))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dlmi.errors import UsageError
 from dlmi.model.compute import ComputeCounter, ModelShape
 from dlmi.model.context import SpanContext
 from dlmi.model.estimators import gumbel_noise, gumbel_softmax
@@ -55,6 +56,19 @@ class DifferentiableLM:
         the context (the first pair's), tokenises back to the same ids."""
         ctx = self.context
         return round_trips(self.lm, ctx.before[0], self.global_ids(prompt_ids), ctx.after[0])
+
+    def local_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """The model's token ids (...) -> the prompt vocabulary's; a token outside it is an
+        error that names it."""
+        if self.prompt_vocab is None:
+            return ids
+        where = torch.searchsorted(self.prompt_vocab, ids).clamp_max(len(self.prompt_vocab) - 1)
+        bad = self.prompt_vocab[where] != ids
+        if bool(bad.any()):
+            token = int(ids[bad][0])
+            raise UsageError(f"token {token} ({self.lm.decode([token])!r}) of the initial prompt "
+                             "is outside the allowed vocabulary: change --vocab or the prompt")
+        return where
 
     def global_ids(self, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Prompt ids in the prompt vocabulary (B, N) -> the model's token ids (B, N)."""
