@@ -16,6 +16,7 @@ from dlmi.logit2prompt.data import next_token_logprobs
 from dlmi.logit2prompt.model import Logit2Prompt
 from dlmi.metrics import lcs_ratio
 from dlmi.model.dlm import DifferentiableLM
+from dlmi.model.vocab import special_ids
 
 
 @dataclass
@@ -99,4 +100,5 @@ def warm_start_prompt(inverter: Logit2Prompt, lm, target_ids: list[int], beams: 
     found = invert_distribution(inverter, lm, logprobs, reference_output=list(target_ids),
                                 beams=beams, candidates=beams, output_tokens=len(target_ids))
     best = max(found, key=lambda c: c.lcs_ratio)
-    return best.prompt_ids, best.lcs_ratio
+    special = special_ids(lm.tokenizer)  # a start the default vocabulary allows
+    return [t for t in best.prompt_ids if t not in special], best.lcs_ratio

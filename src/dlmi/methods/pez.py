@@ -51,11 +51,9 @@ class PEZ(Method[PEZState]):
         return PEZState(P, BatchedAdam([P], lr=self.config.lr,
                                        weight_decay=self.config.weight_decay))
 
-    @torch.no_grad()
     def project(self, P: torch.Tensor) -> torch.Tensor:
         """Nearest token by cosine similarity: (B, N, d) -> ids (B, N)."""
-        E = F.normalize(self.dlm.W_E, dim=-1)  # (V, d)
-        return (F.normalize(P, dim=-1) @ E.T).argmax(-1)
+        return self.dlm.nearest_tokens(P)
 
     def step(self, state: PEZState, batch: Batch, step: int) -> StepOutput:
         ids = self.project(state.P.detach())

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from dlmi.errors import UsageError
 from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, _positive, random_prompt_ids
@@ -76,11 +75,9 @@ class SoftPrompt(Method[SoftPromptState]):
         state.optimizer.step()
         return StepOutput(loss=loss.detach(), train_argmax=logits.detach().argmax(-1))
 
-    @torch.no_grad()
     def current_prompts(self, state: SoftPromptState) -> torch.Tensor:
         """Nearest token (cosine) of each embedding: (B, N)."""
-        E = F.normalize(self.dlm.W_E, dim=-1)  # (V, d)
-        return (F.normalize(state.P.detach(), dim=-1) @ E.T).argmax(-1)
+        return self.dlm.nearest_tokens(state.P.detach())
 
     def current_embeddings(self, state: SoftPromptState) -> torch.Tensor:
         return state.P.detach()

@@ -93,6 +93,12 @@ class DifferentiableLM:
         """Model token ids: (B, N) -> (B, N, d)."""
         return self.model.get_input_embeddings()(ids)
 
+    @torch.no_grad()
+    def nearest_tokens(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The prompt-vocabulary token nearest (cosine) to each embedding: (B, N, d) -> (B, N)."""
+        E = F.normalize(self.W_E, dim=-1)  # (V, d)
+        return (F.normalize(embeds, dim=-1) @ E.T).argmax(-1)
+
     def embed_prompt(self, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Prompt ids in the prompt vocabulary: (B, N) -> (B, N, d)."""
         if self.prompt_vocab is None:
