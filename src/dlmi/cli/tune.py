@@ -19,6 +19,7 @@ from dlmi.cli.common import (
     method_overrides,
     save_prompt,
 )
+from dlmi.errors import UsageError
 
 DEFAULT_TEMPLATE = "{prompt} {input}"
 
@@ -44,6 +45,9 @@ def add_parser(sub) -> None:
     p.add_argument("--chat", action="store_true",
                    help="render a text template as the user message of the model's chat "
                         "template; the output is then the assistant's reply")
+    p.add_argument("--pairs-per-step", type=int, default=None, metavar="P",
+                   help="a mini-batch of P training pairs per step (default: all pairs); "
+                        "results are always judged on all of them")
     add_model_flags(p)
     p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
                    metavar="METHOD", help=f"tuning method, one of {', '.join(method_names())} "
@@ -66,6 +70,8 @@ def run(args) -> int:
     if args.soft:
         args.method = "soft-prompt"
     config = build_config(args.method, overrides=method_overrides(args))  # before the model
+    if args.pairs_per_step is not None and args.pairs_per_step < 1:
+        raise UsageError(f"--pairs-per-step must be >= 1, got {args.pairs_per_step}")
     template = parse_template(args.template, chat=args.chat)
     train = read_pairs(args.data, "--data")
     held_out = read_pairs(args.eval_file, "--eval") if args.eval_file else None
@@ -77,7 +83,8 @@ def run(args) -> int:
     bar = None if args.quiet else ProgressBar(config.steps)
     try:
         result = tune_prompt(lm, train, template, held_out, method=args.method, config=config,
-                             callback=bar.update if bar else None)
+                             callback=bar.update if bar else None,
+                             pairs_per_step=args.pairs_per_step)
     finally:
         if bar:
             bar.close()

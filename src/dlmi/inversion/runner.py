@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ def run_inversion(
     callback: Callable[[Progress], None] | None = None,
     on_result: Callable[[int, InversionResult], None] | None = None,
     context: SpanContext | None = None,
+    pairs_per_step: int | None = None,
     **overrides,
 ) -> list[InversionResult]:
     """Invert B targets as one batch; returns one InversionResult per target, in order.
@@ -86,6 +88,8 @@ def run_inversion(
     save it before the rest of the batch finishes.
     context: fixed tokens around the prompt (dlmi.model.context), instead of prefix_ids; with
     K pairs each target is the K outputs end to end (dlmi.prompting.tune builds them).
+    pairs_per_step: with K pairs, each step sees this many of them (a fresh seeded order each
+    epoch); evaluation always judges all K. None: all pairs every step.
     lm: a LoadedModel, or a (model, tokenizer) pair loaded with transformers; the model is
     frozen during the run and left as it was after it.
     """
@@ -116,6 +120,11 @@ def run_inversion(
         dlm = DifferentiableLM(lm, context=context, prompt_vocab=vocab)
         dlm.fluency = cfg.fluency
         run = _Run(lm, get_method(method)(cfg, dlm), ids, seeds, callback, on_result)
+        if pairs_per_step is not None:
+            if pairs_per_step < 1:
+                raise UsageError(f"pairs per step must be >= 1, got {pairs_per_step}")
+            if pairs_per_step < context.pairs:
+                run.pairs_per_step = pairs_per_step
         return run.run()
 
 
@@ -169,6 +178,7 @@ class _Run:
         self.batch = Batch(target, self.dlm.target_mask(target, lengths),
                            row_generators(seeds, dev))
         self.active = list(range(B))  # original index of each row still in the batch
+        self.pairs_per_step: int | None = None  # mini-batches of a context's pairs
 
     def run(self) -> list[InversionResult]:
         cfg = self.cfg
@@ -179,7 +189,8 @@ class _Run:
         try:
             for step in range(1, cfg.steps + 1):
                 before = dataclasses.replace(self.dlm.compute)
-                out = self.method.step(state, self.batch, step)
+                out = (self._pair_step(state, step) if self.pairs_per_step
+                       else self.method.step(state, self.batch, step))
                 candidates = out.candidates
                 self._record_step(out, step)
                 proven = out.solved is not None and bool(out.solved.any())
@@ -208,6 +219,29 @@ class _Run:
         for b in self.active:
             self._finish(b, stopped)
         return [self.results[b] for b in range(len(self.rows))]
+
+    def _pair_step(self, state, step: int):
+        """One step on a mini-batch of the context's pairs, then the full context back.
+        The step's soft LCS and exactness proof cover only its pairs, so they are dropped."""
+        full = self.dlm.context
+        K, k = full.pairs, self.pairs_per_step
+        epoch, i = divmod(step - 1, math.ceil(K / k))
+        order = torch.randperm(K, generator=torch.Generator().manual_seed(
+            self.rows[0].seed + epoch)).tolist()
+        picked = sorted(order[i * k:(i + 1) * k])
+        B, KM = self.batch.target_ids.shape
+        cols = torch.tensor(picked, device=self.dlm.device)
+
+        def part(t):  # (B, K * M) -> (B, k * M)
+            return t.view(B, K, KM // K)[:, cols].reshape(B, -1)
+
+        batch = Batch(part(self.batch.target_ids), part(self.batch.mask), self.batch.generators)
+        self.dlm.use_context(full.subset(picked))
+        try:
+            out = self.method.step(state, batch, step)
+        finally:
+            self.dlm.use_context(full)
+        return dataclasses.replace(out, train_argmax=None, solved=None)
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self.t0

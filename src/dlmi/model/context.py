@@ -41,6 +41,13 @@ class SpanContext:
                    tuple(tuple(int(t) for t in a) for _, a in pairs),
                    None if output_lengths is None else tuple(int(n) for n in output_lengths))
 
+    def subset(self, index: list[int]) -> SpanContext:
+        """The context of the pairs at `index` only."""
+        lengths = self.output_lengths
+        return SpanContext(tuple(self.before[i] for i in index),
+                           tuple(self.after[i] for i in index),
+                           None if lengths is None else tuple(lengths[i] for i in index))
+
     @property
     def pairs(self) -> int:
         return len(self.before)

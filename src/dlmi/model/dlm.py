@@ -74,6 +74,11 @@ class DifferentiableLM:
         """Prompt ids in the prompt vocabulary (B, N) -> the model's token ids (B, N)."""
         return prompt_ids if self.prompt_vocab is None else self.prompt_vocab[prompt_ids]
 
+    def use_context(self, context: SpanContext) -> None:
+        """Switch the fixed context (e.g. to a mini-batch of pairs)."""
+        self.context = context
+        self._layouts.clear()
+
     @property
     def prefix_ids(self) -> torch.Tensor:
         """The fixed ids before the span of the first pair (inversion's prefix)."""

@@ -151,10 +151,12 @@ def tune_prompt(
     method: str | None = None,
     config: MethodConfig | None = None,
     callback: Callable[[Progress], None] | None = None,
+    pairs_per_step: int | None = None,
     **overrides,
 ) -> TuneResult:
     """Tune one prompt so that every training pair's greedy output is its output; report
     exact-match accuracy and mean LCS before and after on eval_pairs (else the training pairs).
+    pairs_per_step: mini-batches of training pairs per step (None: all of them).
     """
     if not train:
         raise UsageError("no training pairs given")
@@ -164,7 +166,7 @@ def tune_prompt(
     ctx, outputs = pair_context(lm, template, train)
     inversion: InversionResult = run_inversion(
         lm, [joined_target(lm, outputs)], method=method, config=config, context=ctx,
-        callback=callback, **overrides)[0]
+        callback=callback, pairs_per_step=pairs_per_step, **overrides)[0]
     judged = list(eval_pairs) if eval_pairs else list(train)
     expected = [lm.encode(p.output) for p in judged]
     before = greedy_outputs(lm, template, judged, [])
