@@ -90,21 +90,26 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 @torch.no_grad()
-def generate_prompts(lm, count: int, seed: int, min_len: int = 4, max_len: int = 12
-                     ) -> list[str]:
+def generate_prompts(lm, count: int, seed: int, min_len: int = 4, max_len: int = 12,
+                     batch: int = 64) -> list[str]:
     """`count` prompts sampled from the subject model itself (temperature 1, after BoS),
-    lengths uniform in [min_len, max_len] tokens: data when a user has none."""
+    lengths uniform in [min_len, max_len] tokens: data when a user has none. Batched, with
+    the KV cache; the caller's random state is left as it was."""
     g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, max_len + 1, (count,), generator=g).tolist()
     start = lm.bos_token_id if lm.bos_token_id is not None else lm.eos_token_id
     prompts = []
-    for _ in range(count):
-        n = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
-        ids = [start]
-        for _ in range(n):
-            logits = lm.model(input_ids=torch.tensor([ids], device=lm.device)).logits[0, -1]
-            probs = logits.float().softmax(-1).cpu()
-            ids.append(int(torch.multinomial(probs, 1, generator=g)))
-        prompts.append(lm.decode(ids[1:]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i in range(0, count, batch):
+            n = min(batch, count - i)
+            ids = torch.full((n, 1), start, dtype=torch.long, device=lm.device)
+            out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                    temperature=1.0, top_k=0, top_p=1.0,
+                                    max_new_tokens=max_len, min_new_tokens=max_len,
+                                    pad_token_id=start)
+            for j in range(n):
+                prompts.append(lm.decode(out[j, 1: 1 + lengths[i + j]].tolist()))
     return prompts
 
 
