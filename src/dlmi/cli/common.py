@@ -33,6 +33,16 @@ def add_quiet_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars, no info logs")
 
 
+def add_method_choice(p: argparse.ArgumentParser, what: str) -> None:
+    """--method NAME, the registry's methods, default dlmi-search."""
+    from dlmi.methods.registry import DEFAULT_METHOD, method_names
+
+    names = method_names()
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=names, metavar="METHOD",
+                   help=f"{what} method, one of {', '.join(names)} (default {DEFAULT_METHOD}; "
+                        "`dlmi methods NAME`)")
+
+
 def add_method_flags(p: argparse.ArgumentParser) -> None:
     for name, (kind, text) in COMMON_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)

@@ -9,6 +9,7 @@ import sys
 from dlmi.cli.common import (
     EXIT_INTERRUPTED,
     ProgressBar,
+    add_method_choice,
     add_method_flags,
     add_model_flags,
     add_quiet_flag,
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
-    from dlmi.methods.registry import DEFAULT_METHOD, method_names
-
     p = sub.add_parser("invert", help="find a prompt whose greedy output is the target",
                        description="Find a prompt whose greedy output is the target; several "
                                    "targets (--targets FILE) run as one batch.")
@@ -35,9 +34,7 @@ def add_parser(sub) -> None:
     src.add_argument("--targets", "--target-file", dest="targets_file", metavar="FILE",
                      help="targets file: one target per line, or JSONL with text/target_ids")
     add_model_flags(p)
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
-                   metavar="METHOD", help=f"inversion method, one of {', '.join(method_names())}"
-                                          f" (default {DEFAULT_METHOD}; `dlmi methods NAME`)")
+    add_method_choice(p, "inversion")
     add_method_flags(p)
     add_soft_flags(p)
     start = p.add_mutually_exclusive_group()

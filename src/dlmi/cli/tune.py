@@ -9,6 +9,7 @@ from pathlib import Path
 from dlmi.cli.common import (
     EXIT_INTERRUPTED,
     ProgressBar,
+    add_method_choice,
     add_method_flags,
     add_model_flags,
     add_quiet_flag,
@@ -25,8 +26,6 @@ DEFAULT_TEMPLATE = "{prompt} {input}"
 
 
 def add_parser(sub) -> None:
-    from dlmi.methods.registry import DEFAULT_METHOD, method_names
-
     p = sub.add_parser(
         "tune", help="tune one prompt so that a template gives each input its output",
         description="Tune one shared prompt over JSONL pairs {\"input\", \"output\"}: the "
@@ -49,9 +48,7 @@ def add_parser(sub) -> None:
                    help="a mini-batch of P training pairs per step (default: all pairs); "
                         "results are always judged on all of them")
     add_model_flags(p)
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
-                   metavar="METHOD", help=f"tuning method, one of {', '.join(method_names())} "
-                                          f"(default {DEFAULT_METHOD})")
+    add_method_choice(p, "tuning")
     add_method_flags(p)
     add_soft_flags(p)
     p.add_argument("--json", "--out", dest="json_out", default=None, metavar="FILE",
