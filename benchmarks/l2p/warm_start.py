@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 work = Path(sys.argv[1])
 py = Path(".venv/bin/python")
 script = f"""
