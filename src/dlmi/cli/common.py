@@ -108,12 +108,14 @@ def add_soft_flags(p: argparse.ArgumentParser) -> None:
 
 def save_prompt(folder: str, lm, result, prompt_first: bool) -> None:
     """--save: the result's soft prompt, or its tokens' embeddings, as a PEFT adapter."""
+    import torch
+
     from dlmi.model.peft_adapter import save_soft_prompt
 
     if result.embeddings is not None:
         embeddings, text = result.embeddings, None
     else:
-        ids = torch_tensor(result.prompt_ids)
+        ids = torch.tensor(result.prompt_ids, dtype=torch.long)
         embeddings = lm.model.get_input_embeddings().weight[ids].detach()
         text = result.prompt_text
     save_soft_prompt(folder, embeddings, lm.model, lm.spec, text)
@@ -121,12 +123,6 @@ def save_prompt(folder: str, lm, result, prompt_first: bool) -> None:
     if not prompt_first:
         print("note: PEFT puts virtual tokens before all input, but this prompt was optimised "
               "after fixed text, so under PEFT it will not give these outputs", file=sys.stderr)
-
-
-def torch_tensor(ids):
-    import torch
-
-    return torch.tensor(ids, dtype=torch.long)
 
 
 def check_output_dir(path: str | Path, flag: str) -> Path:

@@ -128,9 +128,8 @@ def collect(lm, prompts: Sequence[str], folder: str | Path, shard_size: int = 25
                              f"size {old['shard_size']}: use another --out or the same settings")
     else:
         _write_whole(folder / META, json.dumps(meta, indent=1).encode())
-    done = len(shard_paths(folder)) * shard_size
-    # A short last shard means the previous run finished: nothing is redone.
-    done = min(done, len(prompts)) if done else 0
+    # Finished shards are kept; a short last shard means the previous run finished.
+    done = min(len(shard_paths(folder)) * shard_size, len(prompts))
     for start in range(done, len(prompts), shard_size):
         part = list(prompts[start:start + shard_size])
         ids = [lm.encode(p) or [lm.bos_token_id or 0] for p in part]
