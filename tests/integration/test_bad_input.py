@@ -40,6 +40,9 @@ def _files(tmp):
         "model_number.yaml": "model: 3\n",
         "seeds_text.yaml": "seeds: [a]\n",
         "missing_targets.yaml": "targets_file: nowhere.jsonl\n",
+        "ray_cpus_zero.yaml": "executor: {ray: {cpus_per_task: 0}}\n",
+        "ray_unknown.yaml": "executor: {ray: {gpus: 1}}\n",
+        "executor_unknown.yaml": "executor: {kubernetes: {}}\n",
     }
     for name, text in configs.items():
         (tmp / name).write_text(text)
@@ -145,6 +148,12 @@ CASES = [
                             "{tmp}/r.jsonl"], "string"),
     ("bench-targets-file-missing", ["bench", "--config", "{tmp}/missing_targets.yaml", "--out",
                                     "{tmp}/r.jsonl"], "not found"),
+    ("bench-ray-cpus-zero", ["bench", "--config", "{tmp}/ray_cpus_zero.yaml", "--out",
+                             "{tmp}/r.jsonl"], "cpus_per_task > 0"),
+    ("bench-ray-unknown", ["bench", "--config", "{tmp}/ray_unknown.yaml", "--out",
+                           "{tmp}/r.jsonl"], "unknown option 'gpus'"),
+    ("bench-executor-unknown", ["bench", "--config", "{tmp}/executor_unknown.yaml", "--out",
+                                "{tmp}/r.jsonl"], "unknown option 'kubernetes'"),
     ("bench-methods-unknown", ["bench", "--methods", "nope", "--out", "{tmp}/r.jsonl"],
      "unknown method"),
     ("bench-seeds-flag", ["bench", "--seeds", "a,b", "--out", "{tmp}/r.jsonl"], "--seeds"),

@@ -139,7 +139,7 @@ def test_config_file_values_are_checked_like_flags(tmp_path):
     cfg.write_text("seeds: ['1', 2]\nmethod_options: {gcg: {top_k: '16'}}\nmethods: [gcg]\n")
     spec = load_spec(None, str(cfg))
     assert spec.seeds == [1, 2]  # text that is a number is read as one
-    from dlmi.evaluation.bench import method_config
+    from dlmi.evaluation.cells import method_config
 
     assert method_config(spec, "gcg", 10).top_k == 16
     cfg.write_text("seeds: [1.5]\n")

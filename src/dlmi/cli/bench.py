@@ -36,6 +36,10 @@ def add_parser(sub) -> None:
                    help="judge prompts by greedy decoding every K steps")
     b.add_argument("--time-limit", type=float, default=None,
                    help="wall seconds per row (a batch of b rows gets b times this)")
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the grid's cells on a Ray cluster: HOST:PORT, ray://HOST:PORT or "
+                        "auto; without ADDRESS $RAY_ADDRESS, else a local cluster on this "
+                        "machine (needs pip install 'dlmi[ray]')")
     b.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. --set gcg.search_width=64")
     add_quiet_flag(b)
@@ -73,10 +77,18 @@ def run(args) -> int:
     extra = bench_method_options(args.set)
     for method, opts in extra.items():
         spec.method_options.setdefault(method, {}).update(opts)
+    if args.ray is not None:
+        from dlmi.evaluation.bench import RayOptions
+
+        ray = spec.executor.ray or RayOptions()
+        ray.address = args.ray or ray.address
+        spec.executor.ray = ray
     check_spec(spec)  # every method's options, before the model loads
     check_writable(args.out, "--out")
-    log.info("loading model %s", spec.model)
-    lm = load_model(spec.model, device=spec.device, dtype=spec.dtype)
+    lm = None
+    if spec.executor.ray is None:  # on Ray each worker loads its own
+        log.info("loading model %s", spec.model)
+        lm = load_model(spec.model, device=spec.device, dtype=spec.dtype)
     before = len(read_rows(args.out))
     n_targets = spec.targets.per_k * len(spec.targets.k)
     if spec.targets_file:
@@ -90,7 +102,8 @@ def run(args) -> int:
 
         overall = tqdm(total=total, initial=min(before, total), desc="rows", file=sys.stderr,
                        position=0, dynamic_ncols=True)
-        step_bar = ProgressBar(spec.steps, desc="steps", position=1)
+        if lm is not None:  # steps are seen in this process only
+            step_bar = ProgressBar(spec.steps, desc="steps", position=1)
 
     def on_row(row):
         if overall:
@@ -100,11 +113,12 @@ def run(args) -> int:
         if step_bar:
             step_bar.update(progress)
 
-    def on_job(job):
-        log.info("%s, N=%d: %d row(s) to run", job.method, job.prompt_length, len(job.pending))
+    def on_cell(cell):
+        log.info("%s, N=%d: %d row(s)", cell.method, cell.prompt_length, len(cell.rows))
 
     try:
-        written = run_bench(spec, args.out, lm=lm, on_row=on_row, on_step=on_step, on_job=on_job)
+        written = run_bench(spec, args.out, lm=lm, on_row=on_row, on_step=on_step,
+                            on_cell=on_cell)
     finally:
         for bar in (step_bar, overall):
             if bar:

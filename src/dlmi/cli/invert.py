@@ -66,7 +66,7 @@ def _warm_start(args, lm) -> list[int]:
 
 
 def run(args) -> int:
-    from dlmi.evaluation.bench import result_row
+    from dlmi.evaluation.cells import result_row
     from dlmi.evaluation.results_io import append_row
     from dlmi.evaluation.target_file import read_target_file
     from dlmi.inversion.config_builder import build_config

@@ -8,7 +8,6 @@ The method is anytime: one run of max(budgets) steps records the best LCS at eve
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tomllib
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from dlmi.errors import UsageError
+from dlmi.evaluation.cells import Cell, method_config, run_cell
 from dlmi.evaluation.results_io import append_row, read_rows, row_key
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,32 @@ class TargetGrid:
 
 
 @dataclass
+class RayOptions:
+    """Where and how the grid's cells run on Ray (`executor: {ray: {...}}`, `--ray`)."""
+
+    # None: $RAY_ADDRESS when set, else a new local cluster on this machine; "auto": the
+    # cluster this machine belongs to; "HOST:PORT" or "ray://HOST:PORT": that cluster.
+    address: str | None = None
+    gpus_per_task: float = 0.0  # per worker (one worker per GPU at 1)
+    cpus_per_task: float = 1.0  # per worker: also its torch threads
+    workers: int | None = None  # None: as many as the cluster's resources hold
+    max_retries: int = 3  # times a cell is resubmitted after its worker died
+
+    def __post_init__(self):
+        if self.gpus_per_task < 0 or self.cpus_per_task <= 0:
+            raise UsageError("executor.ray: gpus_per_task must be >= 0 and cpus_per_task > 0, "
+                             f"got {self.gpus_per_task} and {self.cpus_per_task}")
+        if (self.workers is not None and self.workers < 1) or self.max_retries < 0:
+            raise UsageError("executor.ray: workers must be >= 1 and max_retries >= 0, "
+                             f"got {self.workers} and {self.max_retries}")
+
+
+@dataclass
+class ExecutorSpec:
+    ray: RayOptions | None = None  # None: the cells run one after another in this process
+
+
+@dataclass
 class BenchSpec:
     model: str = "smollm2-135m"
     methods: list[str] = field(default_factory=lambda: ["dlmi"])
@@ -59,10 +85,13 @@ class BenchSpec:
     method_options: dict[str, dict] = field(default_factory=dict)  # per method config fields
     device: str | None = None
     dtype: str | None = None
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
 
     def __post_init__(self):
         if isinstance(self.targets, dict):
             self.targets = _build(TargetGrid, self.targets, "targets")
+        if isinstance(self.executor, dict):
+            self.executor = _build(ExecutorSpec, self.executor, "executor")
         for name in ("methods", "prompt_lengths", "budgets", "seeds"):
             if not getattr(self, name):
                 raise UsageError(f"bench needs at least one value in {name}")
@@ -139,35 +168,28 @@ def load_targets(spec: BenchSpec, lm) -> list[dict]:
     return generate_targets(lm, g.k, g.per_k, g.length, g.sigma, g.seed)
 
 
-@dataclass
-class Job:
-    """One (method, prompt length) slice of the grid and the rows still to run."""
+def targets_with_perplexity(lm, spec: BenchSpec) -> list[dict]:
+    """load_targets, each row with its target_perplexity (the report's difficulty column)."""
+    from dlmi.model.perplexity import perplexity
 
-    method: str
-    prompt_length: int
-    pending: list[tuple[dict, int]]  # (target row, seed)
+    return [{**t, "target_perplexity": perplexity(lm, t["target_ids"])}
+            for t in load_targets(spec, lm)]
 
 
-def plan(spec: BenchSpec, targets: list[dict], done: set[tuple]) -> list[Job]:
-    jobs = []
+def plan(spec: BenchSpec, targets: list[dict], done: set[tuple]) -> list[Cell]:
+    """The cells still to run: per method and prompt length, the missing (target, seed) rows
+    in chunks of batch_size (the same chunks whatever executor runs them)."""
+    cells = []
     for method in spec.methods:
         for n in spec.prompt_lengths:
+            config = method_config(spec, method, n)
             pending = [(t, s) for t in targets for s in spec.seeds
                        if (method, spec.model, str(t["id"]), s, n) not in done]
-            jobs.append(Job(method, n, pending))
-    return jobs
-
-
-def method_config(spec: BenchSpec, method: str, prompt_length: int):
-    from dlmi.inversion.config_builder import build_config
-
-    # The paper's protocol judges the ids themselves, not their text (method_options may
-    # turn the round trip on).
-    options = {"roundtrip": False, **spec.method_options.get(method, {})}
-    options.update(prompt_length=prompt_length, steps=spec.steps,
-                   budgets=tuple(spec.budgets), eval_every=spec.eval_every)
-    return build_config(method, overrides=options, where=f"bench option of {method}",
-                        hint=lambda name: f"--set {method}.{name}=VALUE (or method_options)")
+            for start in range(0, len(pending), spec.batch_size):
+                chunk = pending[start:start + spec.batch_size]
+                limit = spec.time_limit * len(chunk) if spec.time_limit is not None else None
+                cells.append(Cell(method, spec.model, n, config, chunk, limit))
+    return cells
 
 
 def check_spec(spec: BenchSpec) -> None:
@@ -181,72 +203,55 @@ def check_spec(spec: BenchSpec) -> None:
         read_target_file(spec.targets_file)
 
 
+class RowWriter:
+    """The single writer of a results file: appends each new row durably, drops a row whose
+    key is already there (a retried cell re-sending it), counts what it wrote."""
+
+    def __init__(self, out: str | Path, on_row: Callable[[dict], None] | None = None):
+        self.out = Path(out)
+        self.done = {row_key(r) for r in read_rows(self.out, repair=True) if "target_id" in r}
+        self.on_row = on_row
+        self.written = 0
+
+    def __call__(self, row: dict) -> None:
+        key = row_key(row)
+        if key in self.done:
+            return
+        append_row(self.out, row)
+        self.done.add(key)
+        self.written += 1
+        if self.on_row:
+            self.on_row(row)
+
+
 def run_bench(spec: BenchSpec, out: str | Path, lm=None,
               on_row: Callable[[dict], None] | None = None,
-              on_step: Callable | None = None, on_job: Callable | None = None) -> int:
-    """Run every missing row of the grid into `out`; returns the number of rows written."""
-    from dlmi.inversion.runner import run_inversion
+              on_step: Callable | None = None, on_cell: Callable | None = None) -> int:
+    """Run every missing row of the grid into `out`; returns the number of rows written.
+
+    With spec.executor.ray the cells run on a Ray cluster (dlmi.evaluation.ray_executor) and
+    `lm` and `on_step` are not used: each worker loads its own model.
+    """
     from dlmi.model.models import load_model
-    from dlmi.model.perplexity import perplexity
 
     check_spec(spec)
     for method in spec.method_options:
         if method not in spec.methods:
             log.warning("method_options for %s ignored: it is not in methods", method)
+    writer = RowWriter(out, on_row)
+    if spec.executor.ray is not None:
+        from dlmi.evaluation.ray_executor import RayGrid
+
+        with RayGrid(spec.executor.ray, spec.model, spec.device, spec.dtype) as grid:
+            targets = grid.call(targets_with_perplexity, spec)
+            grid.run(plan(spec, targets, writer.done), writer, writer.done, on_cell)
+        return writer.written
     lm = lm or load_model(spec.model, device=spec.device, dtype=spec.dtype)
-    out = Path(out)
-    done = {row_key(r) for r in read_rows(out, repair=True) if "target_id" in r}
-    targets = load_targets(spec, lm)
-    target_ppl = {str(t["id"]): perplexity(lm, t["target_ids"]) for t in targets}
-    jobs = plan(spec, targets, done)
-    written = 0
-    for job in jobs:
-        config = method_config(spec, job.method, job.prompt_length)
-        if on_job:
-            on_job(job)
-        for start in range(0, len(job.pending), spec.batch_size):
-            chunk = job.pending[start:start + spec.batch_size]
-
-            def save(index, result, chunk=chunk, job=job):
-                nonlocal written
-                if result.interrupted:
-                    return  # an unfinished row is not a result; a rerun redoes it
-                target, seed = chunk[index]
-                row = result_row(lm, result, spec.model, target["id"], target.get("k"),
-                                 target_ppl[str(target["id"])])
-                append_row(out, row)
-                written += 1
-                if on_row:
-                    on_row(row)
-
-            limit = spec.time_limit * len(chunk) if spec.time_limit is not None else None
-            results = run_inversion(lm, [t["target_ids"] for t, _ in chunk], method=job.method,
-                                    config=dataclasses.replace(config, time_limit=limit),
-                                    seeds=[s for _, s in chunk],
-                                    callback=on_step, on_result=save)
-            if any(r.interrupted for r in results):
-                raise KeyboardInterrupt  # Ctrl-C: rows done so far are saved; stop the grid
-    return written
-
-
-def result_row(lm, result, model: str, target_id, k: int | None,
-               target_perplexity: float | None = None) -> dict:
-    """One results row (the schema `dlmi report` reads): the grid's keys, the cheating check
-    and perplexities, then every field of the InversionResult."""
-    from dlmi.metrics import overlap_rate
-    from dlmi.model.perplexity import perplexity
-
-    eos = [lm.eos_token_id] if lm.eos_token_id is not None else []
-    if target_perplexity is None:
-        target_perplexity = perplexity(lm, result.target_ids)
-    return {
-        "method": result.method, "model": model, "target_id": str(target_id), "k": k,
-        "seed": result.seed, "prompt_length": len(result.prompt_ids),
-        "overlap_rate": overlap_rate(result.prompt_ids, result.target_ids, eos),
-        "prompt_perplexity": perplexity(lm, result.prompt_ids),
-        "target_perplexity": target_perplexity,
-        **result.to_dict(),
-    }
+    for cell in plan(spec, targets_with_perplexity(lm, spec), writer.done):
+        if on_cell:
+            on_cell(cell)
+        run_cell(lm, cell, writer, on_step, {"executor": "local"})
+    return writer.written
 
 
 def total_rows(spec: BenchSpec, n_targets: int) -> int:

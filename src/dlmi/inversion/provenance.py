@@ -58,5 +58,6 @@ def provenance(device=None) -> dict:
         **_static(),
         "device": dev,
         "device_name": name or platform.machine(),
+        "host": platform.node(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
