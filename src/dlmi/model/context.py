@@ -56,12 +56,23 @@ class SpanContext:
         """Fixed tokens of the longest pair (before + after)."""
         return max(len(b) + len(a) for b, a in zip(self.before, self.after, strict=True))
 
-    def layout(self, n: int, tail: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Where each piece of pair k goes in left-padded sequences of one length L.
+    def shared_prefix(self) -> int:
+        """Tokens at the start of `before` that every pair has in common."""
+        first = self.before[0]
+        n = min(len(b) for b in self.before)
+        for b in self.before[1:]:
+            n = next((i for i in range(n) if b[i] != first[i]), n)
+        return n
+
+    def layout(self, n: int, tail: int, device, shared: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Where each piece of pair k goes in padded sequences of one length L.
 
         n: span length, tail: tokens after `after` (target tokens fed in). Returns
         fixed_ids (K, L) (pads 0), kind (K, L) long: 0 pad, 1 fixed, 2 span, 3 tail, and L.
-        Left padding puts every pair's target at the same (last) positions.
+        Padding goes on the left, so every pair's target is at the same (last) positions; with
+        `shared` (at most shared_prefix()) it goes after the first `shared` tokens instead, so
+        those stay at the same positions in every sequence (one KV cache serves them all).
         """
         lengths = [len(b) + n + len(a) + tail for b, a in zip(self.before, self.after,
                                                                strict=True)]
@@ -70,8 +81,11 @@ class SpanContext:
         fixed = torch.zeros(K, L, dtype=torch.long)
         kind = torch.zeros(K, L, dtype=torch.long)
         for k, (b, a) in enumerate(zip(self.before, self.after, strict=True)):
-            start = L - lengths[k]
-            pieces = ((b, 1), ((0,) * n, 2), (a, 1), ((0,) * tail, 3))
+            if shared:
+                fixed[k, :shared] = torch.tensor(b[:shared], dtype=torch.long)
+                kind[k, :shared] = 1
+            start = shared + L - lengths[k]
+            pieces = ((b[shared:], 1), ((0,) * n, 2), (a, 1), ((0,) * tail, 3))
             for ids, code in pieces:
                 end = start + len(ids)
                 if ids:

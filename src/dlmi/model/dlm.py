@@ -7,6 +7,8 @@ M target tokens per pair, V vocabulary, d width, L assembled sequence length.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +19,11 @@ from dlmi.model.estimators import gumbel_noise, gumbel_softmax
 from dlmi.model.kv_cache import cache_of, with_cache
 from dlmi.model.models import LoadedModel
 from dlmi.model.roundtrip import round_trips
+
+# Fixed text that starts every sequence (a chat template's header, a long --prefix) and is at
+# least this many tokens is run through the model once and kept as a KV cache, instead of
+# being recomputed in every forward of every row. Shorter, it is not worth the cache's copy.
+PREFIX_CACHE_MIN = 4
 
 
 class DifferentiableLM:
@@ -45,6 +52,9 @@ class DifferentiableLM:
         # Weight of the prompt's own mean NLL under the model (fluency_penalty); 0: off.
         self.fluency = 0.0
         self._layouts: dict[tuple[int, int], tuple] = {}
+        # Shared fixed tokens this long or longer are KV-cached (None: never).
+        self.prefix_cache_min: int | None = PREFIX_CACHE_MIN
+        self._prefix_cache = None  # (ids, cache of batch 1) of the shared prefix
 
     @property
     def vocab_size(self) -> int:
@@ -80,6 +90,28 @@ class DifferentiableLM:
         self._layouts.clear()
 
     @property
+    def cached_prefix(self) -> int:
+        """Tokens at the start of every sequence that come from the prefix KV cache."""
+        shared = self.context.shared_prefix()
+        limit = self.prefix_cache_min
+        return shared if limit is not None and shared >= limit else 0
+
+    def _prefix_kv(self, rows: int):
+        """A fresh KV cache of the shared prefix for `rows` sequences (a forward appends to
+        the cache it is given, so each forward gets its own copy of the batch-1 one)."""
+        S = self.cached_prefix
+        ids = self.context.before[0][:S]
+        if self._prefix_cache is None or self._prefix_cache[0] != ids:
+            with torch.no_grad():
+                out = self.model(input_ids=torch.tensor([ids], device=self.device),
+                                 use_cache=True, logits_to_keep=1)
+            self._count(1, S, 1)
+            self._prefix_cache = (ids, cache_of(self.model, out))
+        cache = copy.deepcopy(self._prefix_cache[1])
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+    @property
     def prefix_ids(self) -> torch.Tensor:
         """The fixed ids before the span of the first pair (inversion's prefix)."""
         return torch.tensor(self.context.before[0], dtype=torch.long, device=self.device)
@@ -111,14 +143,19 @@ class DifferentiableLM:
         return F.embedding(prompt_ids, self.W_E)
 
     def _layout(self, n: int, tail: int):
-        """Cached SpanContext.layout plus the pieces' slices, for span n and tail tokens."""
+        """Cached SpanContext.layout for span n and tail tokens, less the S cached prefix
+        tokens: embeddings (K, L - S, d), kind (K, L - S), attention mask (K, L) (it covers
+        the cached tokens too) and position ids (K, L - S), both None without padding, and
+        L - S."""
         key = (n, tail)
         if key not in self._layouts:
-            fixed, kind, L = self.context.layout(n, tail, self.device)
+            S = self.cached_prefix
+            fixed, kind, L = self.context.layout(n, tail, self.device, shared=S)
             padded = bool((kind == 0).any())
             mask = (kind != 0).long() if padded else None  # (K, L)
-            positions = (mask.cumsum(1) - 1).clamp_min(0) if padded else None
-            self._layouts[key] = (self.hard_embed(fixed), kind, mask, positions, L)
+            positions = (mask.cumsum(1) - 1).clamp_min(0)[:, S:] if padded else None
+            self._layouts[key] = (self.hard_embed(fixed[:, S:]), kind[:, S:], mask, positions,
+                                  L - S)
         return self._layouts[key]
 
     def _assemble(self, prompt_embeds: torch.Tensor, tail_embeds: torch.Tensor | None):
@@ -145,7 +182,13 @@ class DifferentiableLM:
         return embeds, mask.repeat(B, 1), positions.repeat(B, 1)
 
     def _run(self, embeds, mask, positions, **kwargs):
+        """The model on assembled sequences (after the cached prefix, which is added here
+        unless a cache that already holds it is passed)."""
         extra = {} if mask is None else {"attention_mask": mask, "position_ids": positions}
+        if self.cached_prefix:
+            given = kwargs.pop("cache", None) or kwargs.pop("past_key_values", None)
+            kwargs.update(use_cache=True, **with_cache(
+                self.model, given if given is not None else self._prefix_kv(embeds.shape[0])))
         return self.model(inputs_embeds=embeds, **extra, **kwargs)
 
     def _count(self, batch: int, seq_len: int, logit_positions: int, soft: int = 0,
@@ -183,7 +226,7 @@ class DifferentiableLM:
                                                  self.hard_embed(targets[:, :-1]))
         # The soft product p @ W_E runs once per row, not once per pair.
         self._count(embeds.shape[0], embeds.shape[1], M, soft_positions / self.pairs,
-                    backward=backward)
+                    cached=self.cached_prefix, backward=backward)
         # logits_to_keep skips the vocabulary projection on every other position: on prompt
         # positions it would be wasted work (V * d per position).
         logits = self._run(embeds, mask, positions, use_cache=False, logits_to_keep=M).logits
@@ -203,11 +246,13 @@ class DifferentiableLM:
         B, K = prompt_embeds.shape[0], self.pairs
         embeds, mask, positions = self._assemble(prompt_embeds, None)  # (B * K, L, d)
         past = None
-        cached = 0
+        cached = self.cached_prefix
         steps = []
         for _ in range(M // K):
-            out = self._run(embeds, mask, positions, use_cache=True, logits_to_keep=1,
-                            **with_cache(self.model, past))
+            # Position ids of the tokens fed in this call only: the cache holds the rest.
+            out = self._run(embeds, mask, None if positions is None
+                            else positions[:, -embeds.shape[1]:], use_cache=True,
+                            logits_to_keep=1, **with_cache(self.model, past))
             self._count(B * K, embeds.shape[1], 1,
                         soft_positions / K if past is None else 1, cached, backward=True)
             cached += embeds.shape[1]
@@ -268,8 +313,8 @@ class DifferentiableLM:
         B, K = prompt.shape[0], self.pairs
         embeds, mask, positions = self._assemble(prompt, None)
         out = self._run(embeds, mask, positions, use_cache=True, logits_to_keep=1)
-        self._count(B * K, embeds.shape[1], 1)
-        cached = embeds.shape[1]
+        self._count(B * K, embeds.shape[1], 1, cached=self.cached_prefix)
+        cached = self.cached_prefix + embeds.shape[1]
         finished = torch.zeros(B * K, dtype=torch.bool, device=self.device)
         tokens = []
         for m in range(M // K):
