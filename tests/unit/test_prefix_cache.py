@@ -74,3 +74,31 @@ def test_cache_cuts_compute_and_follows_a_context_change(tiny_lm):
     plain.use_context(other)
     a, b = cached.hard_losses(prompt, target, mask)[0], plain.hard_losses(prompt, target, mask)[0]
     assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_variant_losses_equal_hard_losses_for_less_compute(any_tiny):
+    g = torch.Generator().manual_seed(0)
+    for before, after in (((), ()), ((1,), ()), ((1, 40, 41, 42, 43, 44), (20, 21))):
+        dlm = DifferentiableLM(any_tiny, context=SpanContext.single(before, after))
+        B, W, N, M = 3, 24, 8, 5
+        base = torch.randint(3, 90, (B, N), generator=g)
+        cand = base[:, None].repeat(1, W, 1)
+        pos = torch.randint(N, (B, W), generator=g)
+        cand.scatter_(2, pos[..., None], torch.randint(3, 90, (B, W, 1), generator=g))
+        cand[:, 0] = base  # an unchanged candidate too
+        cand[:, 1, 2:5] = 7  # and one with several changes
+        target = torch.randint(3, 90, (B, M), generator=g)
+        mask = torch.ones(B, M, dtype=torch.bool)
+        mask[0, -2:] = False
+        for objective in ("ce", "cw"):
+            before_tokens = dlm.compute.tokens
+            loss, exact = dlm.variant_losses(base, cand.reshape(B * W, N),
+                                             torch.arange(B).repeat_interleave(W), target,
+                                             mask, chunk=16, objective=objective)
+            variant_tokens = dlm.compute.tokens - before_tokens
+            ref_loss, ref_exact = dlm.hard_losses(
+                cand.reshape(B * W, N), target.repeat_interleave(W, 0),
+                mask.repeat_interleave(W, 0), objective=objective)
+            assert torch.allclose(loss, ref_loss, atol=1e-4)
+            assert torch.equal(exact, ref_exact)
+            assert variant_tokens < dlm.compute.tokens - before_tokens - variant_tokens

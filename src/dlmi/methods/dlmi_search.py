@@ -166,7 +166,7 @@ class DLMISearch(DLMI):
                 exacts = [state.incumbent_exact[:, None], sample_exact]
             if cfg.swaps:
                 cand, pos, tokens = self._propose(state, batch, grad)  # (B, W, N), (B, W) x2
-                cand_loss, cand_exact = self._score(cand, batch)
+                cand_loss, cand_exact = self._score(state.incumbent, cand, batch)
                 if cfg.forget_rejected and cfg.proposal != "gradient":
                     self._forget(state, pos, tokens, cand_loss >= losses[0][:, :1])
                 pools.append(cand)
@@ -175,7 +175,7 @@ class DLMISearch(DLMI):
                 if cfg.merge > 1:
                     merged = self._merge(state.incumbent, pos, tokens, cand_loss,
                                          losses[0][:, 0])  # (B, 1, N)
-                    merged_loss, merged_exact = self._score(merged, batch)
+                    merged_loss, merged_exact = self._score(state.incumbent, merged, batch)
                     pools.append(merged)
                     losses.append(merged_loss)
                     exacts.append(merged_exact)
@@ -335,13 +335,14 @@ class DLMISearch(DLMI):
             p, t = pos[b, w], tokens[b, w]
             Z[b, p, t] = Z[b, p].amin(-1)
 
-    def _score(self, cand: torch.Tensor, batch: Batch):
-        """cand (B, K, N) -> loss (B, K), exact (B, K) from one no-grad teacher-forced batch."""
+    def _score(self, incumbent: torch.Tensor, cand: torch.Tensor, batch: Batch):
+        """cand (B, K, N), variants of incumbent (B, N) -> loss (B, K), exact (B, K), no-grad
+        and teacher-forced, each from its first changed position on (dlm.variant_losses)."""
         B, K, N = cand.shape
-        loss, exact = self.dlm.hard_losses(
-            cand.reshape(B * K, N), batch.target_ids.repeat_interleave(K, 0),
-            batch.mask.repeat_interleave(K, 0), self.config.chunk_size, self.config.objective,
-            self.config.cw_margin)
+        rows = torch.arange(B, device=cand.device).repeat_interleave(K)
+        loss, exact = self.dlm.variant_losses(
+            incumbent, cand.reshape(B * K, N), rows, batch.target_ids, batch.mask,
+            self.config.chunk_size, self.config.objective, self.config.cw_margin)
         return loss.view(B, K), exact.view(B, K)
 
     @torch.no_grad()

@@ -77,15 +77,17 @@ class GCG(IncumbentSearch):
         (grad,) = torch.autograd.grad(loss.sum(), one_hot)
         return loss.detach(), grad
 
-    def candidate_losses(self, cand: torch.Tensor, batch: Batch,
+    def candidate_losses(self, prompts: torch.Tensor, cand: torch.Tensor, batch: Batch,
                          keep: torch.Tensor | None = None) -> torch.Tensor:
-        """cand (B, W, N) -> teacher-forced loss (B, W), evaluated chunk by chunk; with `keep`
-        (B, W) bool, only those candidates are scored and the others get +inf."""
+        """cand (B, W, N), swaps of prompts (B, N) -> teacher-forced loss (B, W), evaluated
+        chunk by chunk, each candidate from its first swapped position on (the prompt's KV
+        cache holds the rest); with `keep` (B, W) bool, only those candidates are scored and
+        the others get +inf."""
         B, W, N = cand.shape
         keep = torch.ones(B, W, dtype=torch.bool, device=cand.device) if keep is None else keep
         row = torch.arange(B, device=cand.device)[:, None].expand(B, W)[keep]  # (R,)
-        scored, _ = self.dlm.hard_losses(cand[keep], batch.target_ids[row], batch.mask[row],
-                                         self.config.chunk_size)
+        scored, _ = self.dlm.variant_losses(prompts, cand[keep], row, batch.target_ids,
+                                            batch.mask, self.config.chunk_size)
         return torch.full((B, W), float("inf"), device=cand.device).masked_scatter(keep, scored)
 
     def step(self, state: IncumbentState, batch: Batch, step: int) -> StepOutput:
@@ -97,9 +99,9 @@ class GCG(IncumbentSearch):
             ok = self.dlm.round_trips(cand)  # (B, W)
             # A row with no valid swap keeps all of them rather than stalling.
             ok |= ~ok.any(1, keepdim=True)
-            losses = self.candidate_losses(cand, batch, ok)
+            losses = self.candidate_losses(state.prompts, cand, batch, ok)
         else:
-            losses = self.candidate_losses(cand, batch)  # (B, W)
+            losses = self.candidate_losses(state.prompts, cand, batch)  # (B, W)
         best_loss, best = losses.min(1)
         state.prompts = cand[torch.arange(cand.shape[0], device=cand.device), best]
         state.loss = best_loss

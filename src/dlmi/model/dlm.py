@@ -380,6 +380,64 @@ class DifferentiableLM:
             exact.append(((logits.argmax(-1) == target_ids[sl]) | ~mask[sl]).all(1))
         return torch.cat(losses), torch.cat(exact)
 
+    @torch.no_grad()
+    def variant_losses(self, base_ids: torch.Tensor, cand_ids: torch.Tensor, rows: torch.Tensor,
+                       target_ids: torch.Tensor, mask: torch.Tensor, chunk: int = 64,
+                       objective: str = "ce", margin: float = 1.0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hard_losses of candidates that are variants of one base prompt per row (GCG's and
+        dlmi-search's swaps), without recomputing what a candidate shares with its base.
+
+        The base prompts run once with a KV cache; a candidate whose first change is at
+        position p reads the cache up to p and runs only its tokens from p on, then the
+        target. Candidates are sorted by p and each chunk is cut at its earliest change.
+        base_ids (B, N); cand_ids (R, N), each a variant of base_ids[rows] (rows (R,));
+        target_ids, mask (B, M) -> loss (R,), exact (R,), as hard_losses gives them (float
+        tolerance). With pairs of context or the fluency term it is hard_losses itself.
+        """
+        B, N = base_ids.shape
+        R = cand_ids.shape[0]
+        if self.pairs > 1 or self.fluency:
+            return self.hard_losses(cand_ids, target_ids[rows], mask[rows], chunk, objective,
+                                    margin)
+        S = len(self.context.before[0])  # fixed tokens before the span
+        after = torch.tensor(self.context.after[0], dtype=torch.long, device=self.device)
+        base_embeds, _, _ = self._assemble(self.embed_prompt(base_ids), None)
+        out = self._run(base_embeds, None, None, use_cache=True, logits_to_keep=1)
+        self._count(B, base_embeds.shape[1], 1, cached=self.cached_prefix)
+        base_cache = cache_of(self.model, out)  # S + N + len(after) positions per row
+        # First changed position; at most N - 1 so that the last prompt token, which predicts
+        # the first target token when nothing follows the span, is always recomputed.
+        changed = cand_ids != base_ids[rows]  # (R, N)
+        first = torch.where(changed.any(-1), changed.int().argmax(-1), N).clamp_max(N - 1)
+        order = first.argsort(stable=True)  # (R,) candidates by first change
+        P = base_cache.get_seq_length()
+        losses = torch.empty(R, device=self.device)
+        exact = torch.empty(R, dtype=torch.bool, device=self.device)
+        # At least 4 forwards when there are enough candidates: each is cut at its own
+        # earliest change, so smaller chunks skip more shared tokens.
+        per = min(chunk, max(16, -(-R // 4)))
+        for i in range(0, R, per):
+            idx = order[i:i + per]  # (r,)
+            r, b = len(idx), rows[idx]
+            start = int(first[idx].min())  # every row of the chunk reruns from here
+            targets = target_ids[b]  # (r, M)
+            M = targets.shape[1]
+            embeds = torch.cat([self.embed_prompt(cand_ids[idx, start:]),
+                                self.hard_embed(after).expand(r, -1, -1),
+                                self.hard_embed(targets[:, :-1])], 1)  # (r, T, d)
+            cache = None  # nothing shared when the change is at the sequence's first token
+            if S + start:
+                cache = copy.deepcopy(base_cache)
+                cache.crop(S + start - P)  # negative: drop the cache's last positions
+                cache.batch_select_indices(b)
+            self._count(r, embeds.shape[1], M, cached=S + start)
+            logits = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=M,
+                                **with_cache(self.model, cache)).logits  # (r, M, V)
+            losses[idx] = target_loss(logits, targets, mask[b], objective, margin).float()
+            exact[idx] = ((logits.argmax(-1) == targets) | ~mask[b]).all(1)
+        return losses, exact
+
     def target_mask(self, target_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Which target positions are scored: inside the row's length, up to its first EoS,
         and, with K pairs, inside each pair's output length (context.output_lengths).
