@@ -14,7 +14,7 @@ t1=$(date +%s)
 .venv/bin/dlmi l2p train --data "$work/data" --out "$work/ckpt" --steps 400 --eval-every 100 \
   --save-every 100 --quiet | tee "$out/train.txt"
 t2=$(date +%s)
-echo "collect ${t1}-${t0} s: $((t1 - t0)); train: $((t2 - t1)) s" | tee "$out/times.txt"
+echo "collect: $((t1 - t0)) s; train: $((t2 - t1)) s" | tee "$out/times.txt"
 .venv/bin/dlmi l2p eval --checkpoint "$work/ckpt" --data "$work/data" --limit 50 \
   --json "$out/eval.json" --quiet | tee "$out/eval.md"
 python3 benchmarks/l2p/warm_start.py "$work" | tee "$out/warm_start.txt"
