@@ -1,6 +1,7 @@
 """The real default model, SmolLM2-135M-Instruct from the embedded GGUF (slow, run in CI)."""
 
 import pytest
+import torch
 
 import dlmi
 from dlmi.cli import main
@@ -57,3 +58,28 @@ def test_cli_invert_on_default_model(tmp_path, capsys):
                  "--eval-every", "4", "--json", str(out), "--quiet"])
     assert code == 0
     assert "exact match" in capsys.readouterr().out
+
+
+def test_chat_prefix_cache_and_swap_scoring_match_plain_forwards(smollm2):
+    from dlmi.model.context import SpanContext
+    from dlmi.prompting.template import parse_template
+
+    before, after = parse_template("{prompt} Is it positive?", chat=True).ids(smollm2)
+    context = SpanContext.single(before, after)
+    cached, plain = DifferentiableLM(smollm2, context=context), DifferentiableLM(
+        smollm2, context=context)
+    plain.prefix_cache_min = None
+    assert cached.cached_prefix >= 20  # the system message and the user header
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(cached.vocab_size, (1, 6), generator=g)
+    cand = base.repeat(8, 1)
+    cand[torch.arange(8), torch.arange(8) % 6] = torch.randint(cached.vocab_size, (8,),
+                                                               generator=g)
+    target = torch.tensor([smollm2.encode("Yes, it is.")])
+    mask = torch.ones_like(target, dtype=torch.bool)
+    rows = torch.zeros(8, dtype=torch.long)
+    ref, ref_exact = plain.hard_losses(cand, target[rows], mask[rows])
+    for dlm in (cached, plain):
+        loss, exact = dlm.variant_losses(base, cand, rows, target, mask)
+        assert torch.allclose(loss, ref, atol=1e-3) and torch.equal(exact, ref_exact)
+    assert torch.allclose(cached.hard_losses(cand, target[rows], mask[rows])[0], ref, atol=1e-3)
