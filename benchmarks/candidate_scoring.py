@@ -4,6 +4,7 @@ W single-token swaps per row at evenly spread positions (GCG's candidates), N = 
 Prints a table and one JSON line; the speed-ups are the figures.
 
     python benchmarks/candidate_scoring.py [--model smollm2-135m] [--width 32] [--rows 5]
+        [--lengths 10,80] [--forwards 4,8]
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main(argv=None) -> int:
     p.add_argument("--target-length", type=int, default=10)
     p.add_argument("--chunk", type=int, default=128, help="gcg's chunk_size")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--lengths", default="10,80", help="prompt lengths N")
+    p.add_argument("--forwards", default="8,4",
+                   help="min_forwards of variant_losses to compare (the default first)")
     args = p.parse_args(argv)
     torch.set_flush_denormal(True)
     lm = load_model(args.model)
@@ -37,32 +41,40 @@ def main(argv=None) -> int:
     target = torch.randint(V, (B, M), generator=g)
     mask = torch.ones(B, M, dtype=torch.bool)
     out = {}
-    print("| N | whole prompts s | from first change s | speed-up | max loss difference |")
-    print("| --- | --- | --- | --- | --- |")
-    for N in (10, 80):
+    forwards = [int(f) for f in args.forwards.split(",")]
+    print("| N | whole prompts s | " + " | ".join(
+        f"from first change, {f} forwards s | speed-up" for f in forwards)
+        + " | max loss difference |")
+    print("| --- " * (3 + 2 * len(forwards)) + "|")
+    for N in (int(n) for n in args.lengths.split(",")):
         base = torch.randint(V, (B, N), generator=g)
         cand = base[:, None].repeat(1, W, 1)
         pos = (torch.arange(W) * N // W)[None].expand(B, W)  # GCG's spread of positions
         cand.scatter_(2, pos[..., None], torch.randint(V, (B, W, 1), generator=g))
         flat, rows = cand.reshape(B * W, N), torch.arange(B).repeat_interleave(W)
-
-        def whole(flat=flat, rows=rows):
-            return dlm.hard_losses(flat, target[rows], mask[rows], args.chunk)[0]
-
-        def variants(base=base, flat=flat, rows=rows):
-            return dlm.variant_losses(base, flat, rows, target, mask, args.chunk)[0]
-
-        times = {"whole": [], "variants": []}
+        fns = {"whole": lambda flat=flat, rows=rows: dlm.hard_losses(
+            flat, target[rows], mask[rows], args.chunk)[0]}
+        for f in forwards:
+            fns[f"variants{f}"] = lambda base=base, flat=flat, rows=rows, f=f: dlm.variant_losses(
+                base, flat, rows, target, mask, args.chunk, min_forwards=f)[0]
+        times = {name: [] for name in fns}
         with torch.no_grad():
-            diff = float((whole() - variants()).abs().max())  # also the warm-up
+            ref = fns["whole"]()  # also the warm-up
+            diff = max(float((fn() - ref).abs().max()) for fn in fns.values())
             for _ in range(args.repeats):
-                for name, fn in (("whole", whole), ("variants", variants)):
+                for name, fn in fns.items():
                     t = time.perf_counter()
                     fn()
                     times[name].append(time.perf_counter() - t)
-        a, b = statistics.median(times["whole"]), statistics.median(times["variants"])
-        out[f"n{N}"] = {"whole_s": a, "variants_s": b, "speedup": a / b, "max_diff": diff}
-        print(f"| {N} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {diff:.1e} |")
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        row = {"whole_s": med["whole"], "max_diff": diff}
+        cells = []
+        for f in forwards:
+            s_f = med[f"variants{f}"]
+            row[f"variants{f}_s"], row[f"speedup{f}"] = s_f, med["whole"] / s_f
+            cells.append(f"{s_f:.2f} | {med['whole'] / s_f:.2f}x")
+        out[f"n{N}"] = row
+        print(f"| {N} | {med['whole']:.2f} | " + " | ".join(cells) + f" | {diff:.1e} |")
     print(json.dumps({"width": W, "rows": B, "target_length": M, **out}))
     return 0
 

@@ -143,3 +143,14 @@ def test_a_killed_driver_resumes_serially_and_on_ray(tmp_path, tiny_lm, cluster)
     rows = read_rows(out)
     assert len(rows) == 16 and len({row_key(r) for r in rows}) == 16
     assert run_bench(ray_spec(), out) == 0
+
+
+def test_a_targets_file_is_read_by_the_driver(tmp_path, cluster, monkeypatch):
+    (tmp_path / "t.jsonl").write_text('{"id": "a", "target_ids": [5, 6, 7]}\n{"text": "hi"}\n')
+    monkeypatch.chdir(tmp_path)  # a relative path: the driver's, which workers need not share
+    spec = load_spec(model="tiny-random", methods=["random"], prompt_lengths=[3], budgets=[2],
+                     seeds=[0], eval_every=2, targets_file="t.jsonl", device="cpu")
+    spec.executor.ray = RayOptions(workers=1)
+    assert run_bench(spec, "r.jsonl") == 2
+    rows = {r["target_id"]: r for r in read_rows("r.jsonl")}
+    assert rows["a"]["target_ids"] == [5, 6, 7] and set(rows) == {"a", "t1"}

@@ -152,14 +152,17 @@ def _bench_hint(name: str) -> str:
     return f"{name} in the config file (or --{name.replace('_', '-')})"
 
 
-def load_targets(spec: BenchSpec, lm) -> list[dict]:
-    """Rows with at least id, k, target_ids, text."""
+def load_targets(spec: BenchSpec, lm, file_targets: list | None = None) -> list[dict]:
+    """Rows with at least id, k, target_ids, text. file_targets: the targets file already
+    read (a Ray worker may not see the driver's files)."""
     from dlmi.evaluation.target_file import read_target_file
     from dlmi.evaluation.targets import generate_targets
 
     if spec.targets_file:
         rows = []
-        for i, t in enumerate(read_target_file(spec.targets_file)):
+        if file_targets is None:
+            file_targets = read_target_file(spec.targets_file)
+        for i, t in enumerate(file_targets):
             ids = t.target if isinstance(t.target, list) else lm.encode(t.target)
             rows.append({"id": t.row.get("id", f"t{i}"), "k": t.row.get("k"),
                          "target_ids": ids, "text": lm.decode(ids)})
@@ -168,12 +171,13 @@ def load_targets(spec: BenchSpec, lm) -> list[dict]:
     return generate_targets(lm, g.k, g.per_k, g.length, g.sigma, g.seed)
 
 
-def targets_with_perplexity(lm, spec: BenchSpec) -> list[dict]:
+def targets_with_perplexity(lm, spec: BenchSpec, file_targets: list | None = None
+                            ) -> list[dict]:
     """load_targets, each row with its target_perplexity (the report's difficulty column)."""
     from dlmi.model.perplexity import perplexity
 
     return [{**t, "target_perplexity": perplexity(lm, t["target_ids"])}
-            for t in load_targets(spec, lm)]
+            for t in load_targets(spec, lm, file_targets)]
 
 
 def plan(spec: BenchSpec, targets: list[dict], done: set[tuple]) -> list[Cell]:
@@ -241,9 +245,11 @@ def run_bench(spec: BenchSpec, out: str | Path, lm=None,
     writer = RowWriter(out, on_row)
     if spec.executor.ray is not None:
         from dlmi.evaluation.ray_executor import RayGrid
+        from dlmi.evaluation.target_file import read_target_file
 
+        file_targets = read_target_file(spec.targets_file) if spec.targets_file else None
         with RayGrid(spec.executor.ray, spec.model, spec.device, spec.dtype) as grid:
-            targets = grid.call(targets_with_perplexity, spec)
+            targets = grid.call(targets_with_perplexity, spec, file_targets)
             grid.run(plan(spec, targets, writer.done), writer, writer.done, on_cell)
         return writer.written
     lm = lm or load_model(spec.model, device=spec.device, dtype=spec.dtype)

@@ -24,6 +24,9 @@ from dlmi.model.roundtrip import round_trips
 # least this many tokens is run through the model once and kept as a KV cache, instead of
 # being recomputed in every forward of every row. Shorter, it is not worth the cache's copy.
 PREFIX_CACHE_MIN = 4
+# Swap candidates are scored in at least this many forwards (DifferentiableLM.variant_losses):
+# each starts at its chunk's earliest change, so more, smaller chunks recompute less.
+VARIANT_FORWARDS = 8  # benchmarks/candidate_scoring.py: 1.74x at N = 80 against 1.48x with 4
 
 
 class DifferentiableLM:
@@ -186,7 +189,9 @@ class DifferentiableLM:
         unless a cache that already holds it is passed)."""
         extra = {} if mask is None else {"attention_mask": mask, "position_ids": positions}
         if self.cached_prefix:
-            given = kwargs.pop("cache", None) or kwargs.pop("past_key_values", None)
+            given = kwargs.pop("cache", None)
+            if given is None:
+                given = kwargs.pop("past_key_values", None)
             kwargs.update(use_cache=True, **with_cache(
                 self.model, given if given is not None else self._prefix_kv(embeds.shape[0])))
         return self.model(inputs_embeds=embeds, **extra, **kwargs)
@@ -383,14 +388,15 @@ class DifferentiableLM:
     @torch.no_grad()
     def variant_losses(self, base_ids: torch.Tensor, cand_ids: torch.Tensor, rows: torch.Tensor,
                        target_ids: torch.Tensor, mask: torch.Tensor, chunk: int = 64,
-                       objective: str = "ce", margin: float = 1.0
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       objective: str = "ce", margin: float = 1.0,
+                       min_forwards: int = VARIANT_FORWARDS) -> tuple[torch.Tensor, torch.Tensor]:
         """hard_losses of candidates that are variants of one base prompt per row (GCG's and
         dlmi-search's swaps), without recomputing what a candidate shares with its base.
 
         The base prompts run once with a KV cache; a candidate whose first change is at
         position p reads the cache up to p and runs only its tokens from p on, then the
-        target. Candidates are sorted by p and each chunk is cut at its earliest change.
+        target. Candidates are sorted by p and each chunk is cut at its earliest change; at
+        least `min_forwards` chunks (of 16 rows or more), since smaller chunks skip more.
         base_ids (B, N); cand_ids (R, N), each a variant of base_ids[rows] (rows (R,));
         target_ids, mask (B, M) -> loss (R,), exact (R,), as hard_losses gives them (float
         tolerance). With pairs of context or the fluency term it is hard_losses itself.
@@ -414,9 +420,7 @@ class DifferentiableLM:
         P = base_cache.get_seq_length()
         losses = torch.empty(R, device=self.device)
         exact = torch.empty(R, dtype=torch.bool, device=self.device)
-        # At least 4 forwards when there are enough candidates: each is cut at its own
-        # earliest change, so smaller chunks skip more shared tokens.
-        per = min(chunk, max(16, -(-R // 4)))
+        per = min(chunk, max(16, -(-R // min_forwards)))
         for i in range(0, R, per):
             idx = order[i:i + per]  # (r,)
             r, b = len(idx), rows[idx]
