@@ -8,6 +8,8 @@ rest of the module."""
 import logging
 import os
 import signal
+import socket
+import threading
 import time
 
 import pytest
@@ -42,6 +44,24 @@ def test_unreachable_address_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and not out.exists()
     code = main(["bench", "--model", "tiny-random", "--out", str(out), "--ray", "nowhere"])
     assert code == 2 and "is not HOST:PORT" in capsys.readouterr().err
+
+
+def test_an_address_where_something_else_listens_times_out_with_one_line(tmp_path, capsys):
+    assert not ray.is_initialized()
+    server = socket.create_server(("127.0.0.1", 0))  # accepts, never speaks Ray
+    held = []
+    accepting = threading.Thread(target=lambda: held.append(server.accept()), daemon=True)
+    accepting.start()
+    port = server.getsockname()[1]
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text("model: tiny-random\nmethods: [random]\n"
+                   f"executor: {{ray: {{address: '127.0.0.1:{port}', connect_timeout: 5}}}}\n")
+    started = time.monotonic()
+    code = main(["bench", "--config", str(cfg), "--out", str(tmp_path / "r.jsonl"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    server.close()
+    assert code == 2 and f"no Ray cluster answered at 127.0.0.1:{port} within 5 s" in err
+    assert len(err.splitlines()) == 1 and time.monotonic() - started < 30
 
 
 def test_missing_gpus_is_one_line_and_exit_2(tmp_path, capsys):

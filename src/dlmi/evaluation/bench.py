@@ -53,6 +53,9 @@ class RayOptions:
     cpus_per_task: float = 1.0  # per worker: also its torch threads
     workers: int | None = None  # None: as many as the cluster's resources hold
     max_retries: int = 3  # times a cell is resubmitted after its worker died
+    # Seconds to wait for a cluster at an explicit address to answer (checked in a child
+    # process first: ray.init blocks for good where something other than Ray listens).
+    connect_timeout: float = 60.0
 
     def __post_init__(self):
         if self.gpus_per_task < 0 or self.cpus_per_task <= 0:
@@ -61,6 +64,9 @@ class RayOptions:
         if (self.workers is not None and self.workers < 1) or self.max_retries < 0:
             raise UsageError("executor.ray: workers must be >= 1 and max_retries >= 0, "
                              f"got {self.workers} and {self.max_retries}")
+        if not self.connect_timeout > 0:
+            raise UsageError("executor.ray: connect_timeout must be > 0 seconds, "
+                             f"got {self.connect_timeout}")
 
 
 @dataclass

@@ -14,6 +14,8 @@ import math
 import os
 import queue
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -79,6 +81,8 @@ class BenchWorker:
 
 
 def _import_ray():
+    # Ray's C++ core logs every failed connection attempt to stderr; our error says it once.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         import ray
     except ImportError:
@@ -87,7 +91,7 @@ def _import_ray():
 
 
 def check_reachable(address: str, timeout: float = 3.0) -> None:
-    """Fail at once on a HOST:PORT nobody listens on (ray.init would wait about a minute)."""
+    """Fail at once on a HOST:PORT nobody listens on (ray.init would wait over a minute)."""
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit() or not host:
@@ -99,6 +103,25 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
     except OSError as exc:
         raise UsageError(f"no Ray cluster answers at {address} ({exc.strerror or exc}): start "
                          "one with `ray start --head`, or change --ray ADDRESS") from None
+
+
+def probe_cluster(address: str, timeout: float) -> None:
+    """Connect to the cluster once in a child process that can be stopped: ray.init on an
+    address where something other than Ray listens never returns, and cannot be interrupted."""
+    code = ("import logging, sys, ray\n"
+            "ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False,"
+            " logging_level=logging.ERROR)\nray.shutdown()\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, address], capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"no Ray cluster answered at {address} within {timeout:g} s (is "
+                         "something else listening there?): change --ray ADDRESS, or raise "
+                         "executor.ray.connect_timeout") from None
+    if done.returncode:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit code {done.returncode}"
+        raise UsageError(f"cannot connect to Ray at {address} ({reason}): change --ray ADDRESS")
 
 
 class RayGrid:
@@ -121,6 +144,7 @@ class RayGrid:
             address = opts.address or os.environ.get("RAY_ADDRESS") or None
             if address not in (None, "auto", "local"):
                 check_reachable(address)
+                probe_cluster(address, opts.connect_timeout)
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
