@@ -382,7 +382,7 @@ class DifferentiableLM:
                 one_hot = F.one_hot(ids, self.vocab_size).to(self.W_E.dtype)
                 loss = loss + self.fluency_penalty(self.embed_prompt(ids), one_hot)
             losses.append(loss)
-            exact.append(((logits.argmax(-1) == target_ids[sl]) | ~mask[sl]).all(1))
+            exact.append(proven_exact(logits, target_ids[sl], mask[sl]))
         return torch.cat(losses), torch.cat(exact)
 
     @torch.no_grad()
@@ -439,7 +439,7 @@ class DifferentiableLM:
             logits = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=M,
                                 **with_cache(self.model, cache)).logits  # (r, M, V)
             losses[idx] = target_loss(logits, targets, mask[b], objective, margin).float()
-            exact[idx] = ((logits.argmax(-1) == targets) | ~mask[b]).all(1)
+            exact[idx] = proven_exact(logits, targets, mask[b])
         return losses, exact
 
     def target_mask(self, target_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -465,6 +465,13 @@ class DifferentiableLM:
             first = torch.where(is_eos.any(1), is_eos.float().argmax(1), limit)
             mask &= pos <= first[:, None]
         return mask.reshape(B, KM)
+
+
+def proven_exact(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor
+                 ) -> torch.Tensor:
+    """Teacher-forced logits (R, M, V) whose argmax is the target token at every scored
+    position (mask (R, M)): greedy decoding then reproduces the target. -> (R,) bool."""
+    return ((logits.argmax(-1) == target_ids) | ~mask).all(1)
 
 
 def _one_more(mask: torch.Tensor, positions: torch.Tensor):
