@@ -1,8 +1,9 @@
 """Speed of one DLMI step on the default model, against this machine's own matmul peak.
 
-Prints, from one run: seconds per step for N = 10 and N = 80 (M = 20, 8 samples), the step's
-estimated matmul FLOP/s as a ratio to the float32 matmul FLOP/s measured in the same run, peak
-RSS, and the model's first (GGUF conversion) and cached load times. The last line is JSON.
+Prints, from one run: seconds per step for N = 10 and N = 80 (M = 20, 8 samples) and for
+N = 80 with 8 targets in one batch, the step's estimated matmul FLOP/s as a ratio to the
+float32 matmul FLOP/s measured in the same run, the peak memory an N = 80 step adds (Linux),
+peak RSS, and the model's first (GGUF conversion) and cached load times. The last line is JSON.
 
     python benchmarks/speed.py [--steps 3] [--model smollm2-135m]
 """
@@ -16,6 +17,7 @@ import resource
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,13 +49,32 @@ def time_load(spec: str) -> tuple[float, float, object]:
     return first, cached, lm
 
 
-def time_steps(lm, prompt_length: int, steps: int, target_len: int = 20):
-    """Mean seconds and estimated FLOPs of one DLMI step (8 samples, one target)."""
+def time_steps(lm, prompt_length: int, steps: int, target_len: int = 20, rows: int = 1):
+    """Mean seconds and estimated FLOPs of one DLMI step (8 samples, `rows` targets)."""
     from method_speed import time_method  # sibling script in benchmarks/
 
     gen = torch.Generator().manual_seed(0)
-    target = torch.randint(3, lm.vocab_size, (1, target_len), generator=gen)
+    target = torch.randint(3, lm.vocab_size, (rows, target_len), generator=gen)
     return time_method(lm, "dlmi", target, prompt_length, steps, {})
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def added_peak_mb(fn) -> float | None:
+    """Peak resident memory a call adds above what the process held before it, in MB (Linux:
+    the high-water mark is reset first, so the model's load and conversion do not count)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kb("VmRSS")
+    except (OSError, KeyError):
+        return None
+    fn()
+    return (_status_kb("VmHWM") - before) / 1024
 
 
 def main(argv=None) -> int:
@@ -66,9 +87,14 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     load_first, load_cached, lm = time_load(args.model)
     print(f"model load: first {load_first:.1f} s (GGUF conversion), cached {load_cached:.2f} s")
+    out = {}
+    # First, before other steps leave freed memory in the allocator for this one to reuse.
+    step_mb = added_peak_mb(lambda: time_steps(lm, 80, 1))
+    if step_mb is not None:
+        out["peak_step_rss_mb"] = round(step_mb)
+        print(f"N=80: one step (state, warm-up and one timed step) adds {step_mb:.0f} MB at peak")
     peak = matmul_peak_flops()
     print(f"float32 matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s")
-    out = {}
     ratios = []
     for n in (10, 80):
         sec, flops = time_steps(lm, n, args.steps)
@@ -77,6 +103,10 @@ def main(argv=None) -> int:
         out[f"sec_per_step_n{n}"] = round(sec, 3)
         print(f"N={n:>2}: {sec:.2f} s/step, {flops / 1e9:.0f} GFLOP/step, "
               f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.2f} of peak")
+    sec, flops = time_steps(lm, 80, args.steps, rows=8)
+    out["sec_per_step_n80_b8"] = round(sec, 3)
+    print(f"N=80, 8 targets in one batch: {sec:.2f} s/step ({sec / 8:.2f} s per target), "
+          f"{flops / sec / peak:.2f} of peak")
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.update(flops_ratio=round(min(ratios), 3), peak_rss_mb=round(peak_rss_mb),
                load_s_first=round(load_first, 2), load_s_cached=round(load_cached, 2))
