@@ -8,6 +8,7 @@ The method is anytime: one run of max(budgets) steps records the best LCS at eve
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tomllib
 from collections.abc import Callable
@@ -192,13 +193,13 @@ def plan(spec: BenchSpec, targets: list[dict], done: set[tuple]) -> list[Cell]:
     cells = []
     for method in spec.methods:
         for n in spec.prompt_lengths:
-            config = method_config(spec, method, n)
-            pending = [(t, s) for t in targets for s in spec.seeds
-                       if (method, spec.model, str(t["id"]), s, n) not in done]
+            grid = Cell(method, spec.model, n, method_config(spec, method, n),
+                        [(t, s) for t in targets for s in spec.seeds])
+            pending = grid.without(done).rows
             for start in range(0, len(pending), spec.batch_size):
                 chunk = pending[start:start + spec.batch_size]
                 limit = spec.time_limit * len(chunk) if spec.time_limit is not None else None
-                cells.append(Cell(method, spec.model, n, config, chunk, limit))
+                cells.append(dataclasses.replace(grid, rows=chunk, time_limit=limit))
     return cells
 
 

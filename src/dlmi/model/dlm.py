@@ -58,6 +58,7 @@ class DifferentiableLM:
         # Shared fixed tokens this long or longer are KV-cached (None: never).
         self.prefix_cache_min: int | None = PREFIX_CACHE_MIN
         self._prefix_cache = None  # (ids, cache of batch 1) of the shared prefix
+        self._shared = self.context.shared_prefix()  # per context, not per forward
 
     @property
     def vocab_size(self) -> int:
@@ -91,13 +92,13 @@ class DifferentiableLM:
         """Switch the fixed context (e.g. to a mini-batch of pairs)."""
         self.context = context
         self._layouts.clear()
+        self._shared = context.shared_prefix()
 
     @property
     def cached_prefix(self) -> int:
         """Tokens at the start of every sequence that come from the prefix KV cache."""
-        shared = self.context.shared_prefix()
         limit = self.prefix_cache_min
-        return shared if limit is not None and shared >= limit else 0
+        return self._shared if limit is not None and self._shared >= limit else 0
 
     def _prefix_kv(self, rows: int):
         """A fresh KV cache of the shared prefix for `rows` sequences (a forward appends to
@@ -162,10 +163,12 @@ class DifferentiableLM:
         return self._layouts[key]
 
     def _assemble(self, prompt_embeds: torch.Tensor, tail_embeds: torch.Tensor | None):
-        """Every pair's sequence [pad, before, prompt, after, tail], left-padded to length L.
+        """Every pair's sequence [pad, before, prompt, after, tail], padded to length L, less
+        its first S tokens when they come from the prefix cache (then the padding follows them).
 
-        prompt_embeds: (B, N, d); tail_embeds: (B * K, T, d) or None ->
-        embeds (B * K, L, d), attention mask and position ids (B * K, L) or None (no padding).
+        prompt_embeds: (B, N, d); tail_embeds: (B * K, T, d) or None -> embeds
+        (B * K, L - S, d), attention mask (B * K, L) and position ids (B * K, L - S), both
+        None without padding.
         """
         B, N, d = prompt_embeds.shape
         K = self.pairs
