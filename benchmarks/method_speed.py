@@ -5,7 +5,11 @@ cpu-quick shape) for a few timed steps after one warm-up step. Printed as a tabl
 line; ratios to DLMI are the figures to compare across machines.
 
     python benchmarks/method_speed.py [--model smollm2-135m] [--methods dlmi,gcg] [--steps 3]
-        [--set gcg.search_width=32]
+        [--set gcg.search_width=32] [--gcg-candidates 80]
+
+--gcg-candidates N also times GCG's candidate evaluation at prompt length N and the same width
+(search_width, default 32 here): scoring each swap from its first changed position (what gcg
+does) against scoring whole prompts (what it did before), in the same run.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-length", type=int, default=10)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE")
+    p.add_argument("--gcg-candidates", type=int, metavar="N",
+                   help="also time gcg's candidate evaluation at prompt length N")
     args = p.parse_args(argv)
     torch.set_flush_denormal(True)  # as a run does (dlmi.model.numerics)
     methods = method_names() if args.methods == "all" else args.methods.split(",")
@@ -67,9 +73,23 @@ def main(argv=None) -> int:
                                  args.steps, options.get(method, {}))
         out[method] = {"sec_per_step": round(sec, 3), "gflop_per_step": round(flops / 1e9, 1)}
         print(f"{method:>16}: {sec:7.2f} s/step  {flops / 1e9:8.1f} GFLOP/step", flush=True)
+    if args.gcg_candidates:
+        from candidate_scoring import compare  # sibling script in benchmarks/
+
+        width = int(options.get("gcg", {}).get("search_width", 32))
+        print(f"gcg candidate evaluation, width {width}, {args.targets} targets, "
+              f"N = {args.gcg_candidates}:")
+        found = compare(lm, [args.gcg_candidates], width, args.targets, args.target_length,
+                        chunk=128, repeats=3, forwards=[8])[f"n{args.gcg_candidates}"]
+        out["gcg_candidates"] = {"n": args.gcg_candidates, "width": width,
+                                 "whole_s": round(found["whole_s"], 3),
+                                 "from_first_change_s": round(found["variants8_s"], 3),
+                                 "speedup": round(found["speedup8"], 2)}
     base = out.get("dlmi", {}).get("sec_per_step")
     if base:
         for method in out:
+            if method == "gcg_candidates":
+                continue
             out[method]["time_vs_dlmi"] = round(out[method]["sec_per_step"] / base, 2)
     print(json.dumps(out))
     return 0

@@ -1,29 +1,53 @@
-"""Speed of one DLMI step on the default model, against this machine's own matmul peak.
+"""Speed of DLMI's real step on the default model, against this machine's own matmul rates.
 
-Prints, from one run: seconds per step for N = 10 and N = 80 (M = 20, 8 samples) and for
-N = 80 with 8 targets in one batch, the step's estimated matmul FLOP/s as a ratio to the
-float32 matmul FLOP/s measured in the same run, the peak memory an N = 80 step adds (Linux),
-peak RSS, and the model's first (GGUF conversion) and cached load times. The last line is JSON.
+A step here is the runner's step: one `dlmi` (Table 5) step plus its share of the evaluation
+every 8 steps, timed from the runner's per-step callback over one evaluation period after a
+warm-up step. Printed, from one run: seconds per step (mean over the period, median, spread)
+for N = 10 and N = 80 (M = 20, 8 samples) and for N = 80 with 8 targets in one batch; the
+step's estimated matmul FLOP/s as a ratio to two references measured in the same run (the
+float32 FLOP/s of a 2048^3 matmul, and of the step's own GEMM shapes, replayed); the memory one
+N = 80 step adds (Linux); peak RSS; the model's first (GGUF conversion) and cached load times.
+The last line is JSON.
 
-    python benchmarks/speed.py [--steps 3] [--model smollm2-135m]
+    python benchmarks/speed.py [--period 8] [--model smollm2-135m]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+GEMMS = {aten.mm.default: (0, 1), aten.bmm.default: (0, 1), aten.addmm.default: (1, 2),
+         aten.baddbmm.default: (1, 2)}
+
+
+def exact_rss() -> None:
+    """Make RSS follow live memory (glibc): blocks from 64 KiB up are mmapped and returned to
+    the system when freed, instead of kept in the heap where a later high-water mark would
+    count memory a previous step already freed."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-    """Best float32 FLOP/s of an n x n matmul on this device (the reference for the ratio)."""
+    """Best float32 FLOP/s of an n x n matmul on this device (the first reference)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)  # warm-up
     best = float("inf")
@@ -32,6 +56,44 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
+
+
+class GemmShapes(TorchDispatchMode):
+    """Records the (op, shapes, strides) of every matrix product run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in GEMMS:
+            i, j = GEMMS[func]
+            a, b = args[i], args[j]
+            self.seen[(func, tuple(a.shape), a.stride(), tuple(b.shape), b.stride())] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def gemm_flops(func, a_shape, b_shape) -> float:
+    batch = a_shape[0] if func in (aten.bmm.default, aten.baddbmm.default) else 1
+    return 2.0 * batch * a_shape[-2] * a_shape[-1] * b_shape[-1]
+
+
+def own_shapes_flops(seen: Counter, repeats: int = 3) -> float:
+    """FLOP/s of the recorded products replayed alone, each with its own shapes and memory
+    layout, weighted by how often the step runs it (the second reference)."""
+    total_flops = total_time = 0.0
+    for (func, a_shape, a_stride, b_shape, b_stride), count in seen.items():
+        a = torch.empty_strided(a_shape, a_stride).normal_()
+        b = torch.empty_strided(b_shape, b_stride).normal_()
+        torch.matmul(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - t)
+        total_flops += count * gemm_flops(func, a_shape, b_shape)
+        total_time += count * best
+    return total_flops / total_time
 
 
 def time_load(spec: str) -> tuple[float, float, object]:
@@ -49,13 +111,35 @@ def time_load(spec: str) -> tuple[float, float, object]:
     return first, cached, lm
 
 
-def time_steps(lm, prompt_length: int, steps: int, target_len: int = 20, rows: int = 1):
-    """Mean seconds and estimated FLOPs of one DLMI step (8 samples, `rows` targets)."""
+def runner_steps(lm, prompt_length: int, period: int, rows: int = 1, target_len: int = 20):
+    """Per-step wall times of one evaluation period of a real `dlmi` run, after a warm-up
+    step, and the estimated FLOPs of that period. The run has period + 2 steps: the last
+    one (evaluated because it is last) is not timed, so the period holds one evaluation."""
+    from dlmi.inversion.runner import run_inversion
+
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.randint(3, lm.vocab_size, (rows, target_len), generator=gen).tolist()
+    stamps, flops = [time.perf_counter()], [0.0]
+
+    def on_step(progress):
+        stamps.append(time.perf_counter())
+        flops.append(progress.flops)
+
+    run_inversion(lm, targets, method="dlmi", prompt_length=prompt_length, steps=period + 2,
+                  eval_every=period, callback=on_step)
+    times = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][1:period + 1]
+    return times, flops[period + 1] - flops[1]
+
+
+def step_gemms(lm, prompt_length: int, target_len: int = 20) -> Counter:
+    """The matrix products of one bare `dlmi` step (its evaluation is a small share)."""
     from method_speed import time_method  # sibling script in benchmarks/
 
     gen = torch.Generator().manual_seed(0)
-    target = torch.randint(3, lm.vocab_size, (rows, target_len), generator=gen)
-    return time_method(lm, "dlmi", target, prompt_length, steps, {})
+    target = torch.randint(3, lm.vocab_size, (1, target_len), generator=gen)
+    with GemmShapes() as mode:
+        time_method(lm, "dlmi", target, prompt_length, 1, {})
+    return mode.seen
 
 
 def _status_kb(field: str) -> int:
@@ -80,40 +164,51 @@ def added_peak_mb(fn) -> float | None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per prompt length")
+    p.add_argument("--period", type=int, default=8,
+                   help="timed steps: one evaluation period (eval_every)")
     args = p.parse_args(argv)
-    torch.set_flush_denormal(True)  # as a run does (dlmi.model.numerics)
+    exact_rss()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     load_first, load_cached, lm = time_load(args.model)
     print(f"model load: first {load_first:.1f} s (GGUF conversion), cached {load_cached:.2f} s")
     out = {}
-    # First, before other steps leave freed memory in the allocator for this one to reuse.
-    step_mb = added_peak_mb(lambda: time_steps(lm, 80, 1))
+    # A first step of these shapes (not measured) so one-off allocations do not count.
+    runner_steps(lm, 80, 1)
+    step_mb = added_peak_mb(lambda: runner_steps(lm, 80, 1))
     if step_mb is not None:
         out["peak_step_rss_mb"] = round(step_mb)
-        print(f"N=80: one step (state, warm-up and one timed step) adds {step_mb:.0f} MB at peak")
+        print(f"N=80: a 3-step run (warm-up, one step, one evaluated) adds {step_mb:.0f} MB "
+              "at peak")
     peak = matmul_peak_flops()
-    print(f"float32 matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s")
-    ratios = []
-    for n in (10, 80):
-        sec, flops = time_steps(lm, n, args.steps)
-        achieved = flops / sec
-        ratios.append(achieved / peak)
-        out[f"sec_per_step_n{n}"] = round(sec, 3)
-        print(f"N={n:>2}: {sec:.2f} s/step, {flops / 1e9:.0f} GFLOP/step, "
-              f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.2f} of peak")
-    sec, flops = time_steps(lm, 80, args.steps, rows=8)
-    out["sec_per_step_n80_b8"] = round(sec, 3)
-    print(f"N=80, 8 targets in one batch: {sec:.2f} s/step ({sec / 8:.2f} s per target), "
-          f"{flops / sec / peak:.2f} of peak")
+    print(f"float32 matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s", flush=True)
+    ratios, own_ratios = [], []
+    for n, rows in ((10, 1), (80, 1), (80, 8)):
+        times, flops = runner_steps(lm, n, args.period, rows)
+        sec = sum(times) / len(times)
+        own = own_shapes_flops(step_gemms(lm, n))
+        achieved = flops / sum(times)
+        key = f"sec_per_step_n{n}" + ("" if rows == 1 else f"_b{rows}")
+        out[key] = round(sec, 3)
+        out[key + "_median"] = round(statistics.median(times), 3)
+        out[key + "_spread"] = [round(min(times), 3), round(max(times), 3)]
+        if rows == 1:
+            ratios.append(achieved / peak)
+            own_ratios.append(achieved / own)
+        print(f"N={n:>2}, {rows} target(s): {sec:.2f} s/step with evaluation (median "
+              f"{statistics.median(times):.2f}, {min(times):.2f}-{max(times):.2f}), "
+              f"{flops / len(times) / 1e9:.0f} GFLOP/step, {achieved / 1e9:.1f} GFLOP/s = "
+              f"{achieved / peak:.2f} of the 2048^3 peak, {achieved / own:.2f} of its own GEMM "
+              f"shapes' rate ({own / 1e9:.1f} GFLOP/s)", flush=True)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.update(flops_ratio=round(min(ratios), 3), peak_rss_mb=round(peak_rss_mb),
-               load_s_first=round(load_first, 2), load_s_cached=round(load_cached, 2))
+    out.update(flops_ratio=round(min(ratios), 3), flops_ratio_own_shapes=round(min(own_ratios), 3),
+               peak_rss_mb=round(peak_rss_mb), load_s_first=round(load_first, 2),
+               load_s_cached=round(load_cached, 2))
     print(f"peak RSS {peak_rss_mb:.0f} MB")
     print(json.dumps(out))
     return 0
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
     sys.exit(main())

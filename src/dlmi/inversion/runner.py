@@ -50,6 +50,7 @@ class Progress:
     loss: float  # mean over active targets
     temperature: float | None  # mean effective temperature over active targets
     best_lcs: float  # mean best LCS over all targets
+    flops: float = 0.0  # estimated FLOPs of the run so far, all targets (ComputeCounter)
 
 
 def target_ids_of(lm: LoadedModel, target: Target) -> list[int]:
@@ -380,7 +381,8 @@ class _Run:
         return Progress(step=step, steps=self.cfg.steps, active=len(self.active),
                         total=len(self.rows), loss=sum(r.loss for r in rows) / len(rows),
                         temperature=sum(taus) / len(taus) if taus else None,
-                        best_lcs=sum(best) / len(best))
+                        best_lcs=sum(best) / len(best),
+                        flops=sum(r.compute.flops for r in self.rows))
 
     def _result(self, b: int, interrupted: bool) -> InversionResult:
         lm, r = self.lm, self.rows[b]

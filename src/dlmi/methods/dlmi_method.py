@@ -22,11 +22,14 @@ from dlmi.model.dlm import masked_cross_entropy
 from dlmi.model.estimators import (
     TEMPERATURE_MODES,
     effective_temperature,
-    gumbel_noise,
-    gumbel_softmax,
+    sample_gumbel_softmax,
 )
 from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
+
+# Tokens per forward/backward pass of a step on CPU (pass_tokens = 0): measured in
+# benchmarks/speed.py, N = 80, 8 samples (README, "Speed").
+PASS_TOKENS_CPU = 512
 
 
 @dataclass
@@ -41,10 +44,15 @@ class GumbelPromptConfig(MethodConfig):
     temperature: str = opt(
         "decoupled", 'one learnable tau per position (Section 3.3)', 'Section 3.3')
     init_std: float = opt(1.0, 'Z, Phi ~ N(0, 1) (Algorithm 1 lines 1-2)', 'Algorithm 1')
+    # The model's activations dominate a step's memory; passes bound them (same gradient).
+    pass_tokens: int = opt(
+        0, "tokens per forward/backward pass of a step's B x S samples, which run in as many "
+        f"passes as needed; 0: {PASS_TOKENS_CPU} on CPU, all at once on a GPU", "measured")
 
     def __post_init__(self):
         super().__post_init__()
         _at_least(self, "samples", 1)
+        _at_least(self, "pass_tokens", 0)
         _positive(self, "lr", "tau0", "tau_eps")
         if self.temperature not in TEMPERATURE_MODES:
             raise UsageError(f"temperature must be one of {', '.join(TEMPERATURE_MODES)}, "
@@ -106,50 +114,97 @@ class DLMI(Method[DLMIState]):
         tau = effective_temperature(state.phi, self.config.tau0, self.config.tau_eps)
         return tau.expand(B, N)
 
-    def surrogate(self, state: DLMIState, batch: Batch):
+    def surrogate(self, state: DLMIState, batch: Batch, backward: bool = False):
         """The sampled loss whose gradient is the Gumbel-Softmax estimate.
 
         Returns loss (B,) averaged over the step's samples, the temperatures (B, N), the
         hard samples (B, S, N) behind the relaxed ones (argmax of Z + g) and the argmax of the
-        first sample's logits (B, M), the paper's LCS input.
+        first sample's logits (B, M), the paper's LCS input. backward: also backpropagate
+        the loss summed over rows into Z and Phi, the model running the B * S samples in
+        passes of at most pass_tokens tokens (the loss is then returned detached).
         """
         cfg = self.config
-        Z = state.Z
-        B, N, V = Z.shape
+        B, N, _ = state.Z.shape
         S = cfg.samples
-        noise, tau = self.draw(state, batch)
-        p = gumbel_softmax(Z[:, None], tau[:, None, :, None], noise, hard=cfg.straight_through)
-        prompt = self.dlm.soft_embed(p.reshape(B * S, N, V))  # (B*S, N, d)
+        prompt, p, samples, tau = self.sample_prompts(state, batch, cfg.straight_through)
         targets = batch.target_ids.repeat_interleave(S, dim=0)  # (B*S, M)
         mask = batch.mask.repeat_interleave(S, dim=0)
-        if cfg.teacher_forcing:
-            logits = self.dlm.teacher_forced_logits(prompt, targets, soft_positions=N)
-        else:
-            gens = [g for g in batch.generators for _ in range(S)]  # row b's samples use row b's
-            logits = self.dlm.free_running_logits(
-                prompt, targets.shape[1], gens, tau=cfg.output_tau, hard=cfg.straight_through,
-                soft_positions=N)
-        loss = masked_cross_entropy(logits, targets, mask)
-        loss = (loss + self.dlm.fluency_penalty(prompt, p.reshape(B * S, N, V)))
-        loss = loss.view(B, S).mean(1)  # (B,)
-        with torch.no_grad():
-            samples = (Z.detach()[:, None] + noise).argmax(-1)  # (B, S, N)
-            train_argmax = logits.detach().view(B, S, -1, logits.shape[-1])[:, 0].argmax(-1)
-        return loss, tau, samples, train_argmax
+        gens = [g for g in batch.generators for _ in range(S)]  # row b's samples use row b's
 
-    def draw(self, state: DLMIState, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's Gumbel noise (B, S, N, V), row b's from row b's generator, and the
-        temperatures (B, N)."""
-        Z = state.Z
-        noise = per_row(batch.generators, lambda g: gumbel_noise(
-            (self.config.samples, *Z.shape[1:]), g, Z.device, Z.dtype))
-        return noise, self.temperature(state)
+        def rows_loss(rows_prompt, rows: slice):  # (r, N, d) -> loss (r,), logits (r, M, V)
+            if cfg.teacher_forcing:
+                logits = self.dlm.teacher_forced_logits(rows_prompt, targets[rows],
+                                                        soft_positions=N)
+            else:
+                logits = self.dlm.free_running_logits(
+                    rows_prompt, targets.shape[1], gens[rows], tau=cfg.output_tau,
+                    hard=cfg.straight_through, soft_positions=N)
+            loss = masked_cross_entropy(logits, targets[rows], mask[rows])
+            return loss + self.dlm.fluency_penalty(
+                rows_prompt, None if p is None else p[rows]), logits
+
+        if not backward:
+            loss, logits = rows_loss(prompt, slice(None))
+            with torch.no_grad():
+                train_argmax = logits.detach()[::S].argmax(-1)
+            return loss.view(B, S).mean(1), tau, samples, train_argmax
+        # The fluency penalty scores p itself, and a free-running rollout draws its noise
+        # sequence by sequence from shared generators: both need all rows in one pass.
+        split = p is None and cfg.teacher_forcing
+        loss, argmax = self._backward_in_passes(prompt, rows_loss, targets.shape[1], split)
+        return loss.view(B, S).mean(1), tau, samples, argmax[::S]
+
+    def _backward_in_passes(self, prompt: torch.Tensor, rows_loss, M: int, split: bool
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backpropagate sum over rows of (mean over samples of) rows_loss into Z and Phi.
+
+        The model's activations are the step's largest memory (about 0.6 GB for 8 samples at
+        N = 80), so the R = B * S rows run through the model in equal passes of at most
+        pass_tokens tokens, each pass's backward ending at a detached copy of the prompt
+        embeddings; the sampler's backward then runs once. Same gradient as one pass.
+        split: False runs all rows in one pass. prompt: (R, N, d). Returns the loss (R,) and the argmax of the logits (R, M).
+        """
+        R, N, _ = prompt.shape
+        S = self.config.samples
+        budget = self.config.pass_tokens or (PASS_TOKENS_CPU if prompt.device.type == "cpu"
+                                             else None)
+        per = R if budget is None or not split else max(1, budget // (N + M))
+        passes = -(-R // per)
+        per = -(-R // passes)  # equal passes, not a short last one
+        leaf = prompt.detach().requires_grad_(True) if passes > 1 else prompt
+        losses, argmax = [], []
+        for start in range(0, R, per):
+            rows = slice(start, min(start + per, R))
+            loss, logits = rows_loss(leaf[rows], rows)
+            (loss.sum() / S).backward()
+            losses.append(loss.detach())
+            argmax.append(logits.detach().argmax(-1))
+        if passes > 1:
+            prompt.backward(leaf.grad)
+        return torch.cat(losses), torch.cat(argmax)
+
+    def sample_prompts(self, state: DLMIState, batch: Batch, hard: bool,
+                       anchor: torch.Tensor | None = None):
+        """The step's S Gumbel-Softmax samples of every row's Z (row b's noise from row b's
+        generator), embedded: prompt (B * S, N, d), the distributions p (B * S, N, V) or None,
+        the hard samples (B, S, N) and the temperatures (B, N). p exists only for the fluency
+        penalty, which scores it; otherwise the embeddings come straight from the fused
+        sampler, which keeps no V-sized gradient."""
+        Z, S = state.Z, self.config.samples
+        B, N, V = Z.shape
+        tau = self.temperature(state)  # (B, N)
+        gens = batch.generators
+        if self.dlm.fluency:
+            p, samples = sample_gumbel_softmax(Z, tau, gens, S, hard, anchor)
+            p = p.reshape(B * S, N, V)
+            return self.dlm.soft_embed(p), p, samples, tau
+        prompt, samples = sample_gumbel_softmax(Z, tau, gens, S, hard, anchor, self.dlm.W_E)
+        return prompt.reshape(B * S, N, -1), None, samples, tau
 
     def step(self, state: DLMIState, batch: Batch, step: int) -> StepOutput:
-        loss, tau, samples, train_argmax = self.surrogate(state, batch)
         state.optimizer.zero_grad()
         # Sum over rows: each row's gradient is its own (rows share no parameters).
-        loss.sum().backward()
+        loss, tau, samples, train_argmax = self.surrogate(state, batch, backward=True)
         state.optimizer.step()
         return StepOutput(
             loss=loss.detach(),

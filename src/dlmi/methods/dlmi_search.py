@@ -31,7 +31,6 @@ from dlmi.methods.base import Batch, StepOutput, _at_least, per_row
 from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
 from dlmi.methods.registry import register
 from dlmi.model.dlm import OBJECTIVES, target_loss
-from dlmi.model.estimators import gumbel_softmax
 from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 
@@ -222,28 +221,24 @@ class DLMISearch(DLMI):
         anchor, sample 0 is the incumbent (its gradient through softmax((Z + g) / tau) still
         reaches Z). Returns the samples (B, S, N), their losses and exactness (B, S), the
         temperatures (B, N), the argmax of sample 0's logits (B, M) and the gradient of the
-        loss w.r.t. the anchor's one-hot input (B, N, V), or None without the anchor.
+        loss w.r.t. the anchor's one-hot input (B, N, V), or None unless proposals use it.
         """
         cfg = self.config
         Z = state.Z
         B, N, V = Z.shape
         S = cfg.samples
-        noise, tau = self.draw(state, batch)  # (B, S, N, V), (B, N)
-        soft = gumbel_softmax(Z[:, None], tau[:, None, :, None], noise)  # (B, S, N, V)
-        with torch.no_grad():
-            samples = soft.argmax(-1)  # (B, S, N), = argmax(Z + g)
-            if cfg.anchor:
-                samples[:, 0] = state.incumbent
-            one_hot = torch.zeros_like(soft).scatter_(-1, samples[..., None], 1.0)
-        p = one_hot - soft.detach() + soft  # straight-through: hard forward, relaxed backward
-        p.retain_grad()
+        # Straight-through: one-hot forward, gradient through softmax((Z + g) / tau).
+        prompt, p, samples, tau = self.sample_prompts(
+            state, batch, hard=True, anchor=state.incumbent if cfg.anchor else None)
+        # The anchor's gradient w.r.t. its one-hot input, for gradient proposals only.
+        wants_grad = cfg.anchor and cfg.proposal != "z"
+        if wants_grad:
+            (prompt if p is None else p).retain_grad()
         targets = batch.target_ids.repeat_interleave(S, 0)  # (B*S, M)
         mask = batch.mask.repeat_interleave(S, 0)
-        prompt = self.dlm.soft_embed(p.view(B * S, N, V))
         logits = self.dlm.teacher_forced_logits(prompt, targets, soft_positions=N)
         per_sample = target_loss(logits, targets, mask, cfg.objective, cfg.cw_margin)
-        per_sample = (per_sample + self.dlm.fluency_penalty(prompt, p.view(B * S, N, V))
-                      ).view(B, S)
+        per_sample = (per_sample + self.dlm.fluency_penalty(prompt, p)).view(B, S)
         state.optimizer.zero_grad()
         # Sum over rows: each row's gradient is its own (rows share no parameters).
         per_sample.mean(1).sum().backward()
@@ -251,7 +246,10 @@ class DLMISearch(DLMI):
         with torch.no_grad():
             argmax = logits.detach().argmax(-1)  # (B*S, M)
             exact = ((argmax == targets) | ~mask).all(1).view(B, S)
-            grad = p.grad[:, 0] * S if cfg.anchor else None  # undo the mean over samples
+            grad = None
+            if wants_grad:  # (B, N, V), times S to undo the mean over samples
+                grad = (p.grad.view(B, S, N, V)[:, 0] if p is not None else
+                        prompt.grad.view(B, S, N, -1)[:, 0] @ self.dlm.W_E.T) * S
         return (samples, per_sample.detach(), exact, tau.detach(), argmax.view(B, S, -1)[:, 0],
                 grad)
 

@@ -17,7 +17,7 @@ from dlmi.model.compute import ComputeCounter, ModelShape
 from dlmi.model.context import SpanContext
 from dlmi.model.estimators import gumbel_noise, gumbel_softmax
 from dlmi.model.kv_cache import cache_of, with_cache
-from dlmi.model.models import LoadedModel
+from dlmi.model.models import LoadedModel, contiguous_head_input
 from dlmi.model.roundtrip import round_trips
 
 # Fixed text that starts every sequence (a chat template's header, a long --prefix) and is at
@@ -39,6 +39,7 @@ class DifferentiableLM:
                  prompt_vocab: torch.Tensor | None = None):
         self.lm = lm
         self.model = lm.model
+        contiguous_head_input(self.model)
         full = self.model.get_input_embeddings().weight.detach()  # (V_all, d), frozen
         self.device = full.device
         # The prompt's vocabulary (dlmi.model.vocab): methods see V allowed tokens, indexed

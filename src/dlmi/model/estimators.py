@@ -17,11 +17,16 @@ def gumbel_noise(
     shape: tuple[int, ...], generator: torch.Generator | None = None, device=None, dtype=None
 ) -> torch.Tensor:
     """Gumbel(0, 1) samples, -log(-log U), with U kept strictly inside (0, 1) so no log(0)."""
-    dtype = dtype or torch.float32
-    u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
-    tiny = torch.finfo(dtype).tiny
-    u = u.clamp_(tiny, 1.0 - torch.finfo(dtype).eps)
-    return -torch.log(-torch.log(u))
+    out = torch.empty(shape, device=device, dtype=dtype or torch.float32)
+    return fill_gumbel_(out, generator)
+
+
+def fill_gumbel_(out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Overwrite `out` with Gumbel(0, 1) samples in place: no temporaries, and the same numbers
+    as gumbel_noise(out.shape, generator) (uniform_ draws what torch.rand draws)."""
+    finfo = torch.finfo(out.dtype)
+    out.uniform_(0.0, 1.0, generator=generator).clamp_(finfo.tiny, 1.0 - finfo.eps)
+    return out.log_().neg_().log_().neg_()
 
 
 def effective_temperature(phi: torch.Tensor, tau0: float, eps: float) -> torch.Tensor:
@@ -43,3 +48,80 @@ def gumbel_softmax(
     index = soft.argmax(dim=-1, keepdim=True)
     one_hot = torch.zeros_like(soft).scatter_(-1, index, 1.0)
     return one_hot - soft.detach() + soft
+
+
+class _SampledGumbelSoftmax(torch.autograd.Function):
+    """S Gumbel-Softmax samples of every row's logits, with a hand-written backward; with an
+    embedding matrix W, their embeddings p @ W instead of p.
+
+    Why: autograd's version keeps the noise, Z + noise, its scaled copy and the softmax, each
+    B x S x N x V floats (126 MB at S = 8, N = 80), and more for the straight-through sum. Here
+    the noise is drawn in place into one buffer that becomes the softmax input, only the
+    softmax y is saved, and the backward works one sample at a time. With W, the gradient
+    w.r.t. p (another B x S x N x V) is made one sample at a time too, and a straight-through
+    forward is an embedding lookup instead of a one-hot product.
+    """
+
+    @staticmethod
+    def forward(ctx, Z, tau, generators, samples, hard, anchor, W):
+        # Z (B, N, V), tau (B, N) > 0, anchor (B, N) or None, W (V, d) or None.
+        B, N, V = Z.shape
+        x = torch.empty(B, samples, N, V, device=Z.device, dtype=Z.dtype)
+        for b, g in enumerate(generators):  # row b's noise from row b's generator only
+            fill_gumbel_(x[b], g)
+        x.add_(Z[:, None])
+        index = x.argmax(-1)  # (B, S, N): argmax(Z + g), the hard sample
+        if anchor is not None:
+            index[:, 0] = anchor
+        y = torch.softmax(x.div_(tau[:, None, :, None]), -1)  # (B, S, N, V)
+        del x
+        ctx.save_for_backward(y, tau, W)
+        ctx.mark_non_differentiable(index)
+        if W is not None:
+            embeds = W[index] if hard else y.to(W.dtype) @ W  # (B, S, N, d)
+            return embeds, index
+        if not hard:
+            return y, index
+        return torch.zeros_like(y).scatter_(-1, index[..., None], 1.0), index
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_index):
+        # d softmax: dx = y * (grad - <grad, y>), x = (Z + g) / tau, so dZ = sum_s dx / tau and
+        # dtau = -sum_s <dx, x> / tau. <dx, x> = <dx, log y> because x and log y differ by a
+        # constant per (b, s, n) and dx sums to zero over V. Where y underflowed to 0, dx is 0
+        # too, and log y is clamped to a finite value so 0 * log y stays 0.
+        y, tau, W = ctx.saved_tensors
+        B, S, N, V = y.shape
+        tiny = torch.finfo(y.dtype).tiny
+        dZ = torch.zeros(B, N, V, device=y.device, dtype=y.dtype)
+        dtau = torch.zeros(B, N, device=y.device, dtype=y.dtype)
+
+        def dot(a, b):  # (B, N, V) x2 -> (B, N, 1), as a batched matmul: no V-sized product
+            return (a.reshape(B * N, 1, V) @ b.reshape(B * N, V, 1)).view(B, N, 1)
+
+        for s in range(S):  # one sample at a time: temporaries of B x N x V, not B x S x N x V
+            ys = y[:, s]
+            # The gradient w.r.t. sample s of p: (B, N, V)
+            gs = grad_out[:, s] if W is None else (grad_out[:, s] @ W.T).to(y.dtype)
+            dx = (gs - dot(gs, ys)).mul_(ys)  # (B, N, V)
+            dtau -= dot(dx, ys.clamp_min(tiny).log_())[..., 0]
+            dZ += dx
+        dZ /= tau[..., None]
+        return dZ, dtau / tau, None, None, None, None, None
+
+
+def sample_gumbel_softmax(
+    Z: torch.Tensor, tau: torch.Tensor, generators: list, samples: int, hard: bool = False,
+    anchor: torch.Tensor | None = None, embed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`samples` relaxed one-hot draws p = softmax((Z + g) / tau) per row, and their hard
+    tokens.
+
+    Z: (B, N, V) logits; tau: (B, N) temperatures; generators: one per row (row b's noise is
+    gumbel_noise((S, N, V), generators[b])). hard: straight-through, one-hot forward and the
+    relaxed gradient backward. anchor (B, N): sample 0's hard tokens (and, with hard, its
+    forward value) are these instead of its argmax. embed (V, d): return the embeddings
+    p @ embed (B, S, N, d) instead of p (B, S, N, V), with no V-sized gradient kept. Returns
+    that and the hard tokens (B, S, N), argmax(Z + g) but for the anchor.
+    """
+    return _SampledGumbelSoftmax.apply(Z, tau, generators, samples, hard, anchor, embed)

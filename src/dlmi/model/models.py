@@ -131,6 +131,20 @@ def frozen(model: torch.nn.Module):
             p.requires_grad_(g)
 
 
+def contiguous_head_input(model: torch.nn.Module) -> None:
+    """Make the output projection see a contiguous input (once per model).
+
+    Why: transformers slices the last positions (logits_to_keep) and hands the strided slice
+    to the vocabulary projection, which torch then runs as a batched matmul against the
+    weight expanded per row: measured 0.77 s against 0.43 s for a (8, 20) x V forward and
+    backward on one core, a fifth of a DLMI step at N = 10."""
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "_dlmi_contiguous", False):
+        return
+    head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+    head._dlmi_contiguous = True
+
+
 def freeze(model: torch.nn.Module) -> None:
     """Eval mode and no parameter gradients: only the prompt is ever optimised."""
     model.eval()
