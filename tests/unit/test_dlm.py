@@ -119,3 +119,39 @@ def test_subnormals_are_flushed_during_a_run_only():
     with subnormals_flushed():
         assert (tiny * 1.0).item() == 0.0
     assert (tiny * 1.0).item() != 0.0
+
+
+@pytest.mark.parametrize("variants", [False, True])
+def test_no_grad_scoring_halves_its_chunk_on_out_of_memory(tiny_lm, variants):
+    # A device that cannot hold more than 4 sequences per forward: the scores are those of a
+    # run in chunks of 4, and later calls start from 4.
+    dlm = DifferentiableLM(tiny_lm)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(3, 100, (2, 5), generator=g)
+    rows = torch.arange(2).repeat_interleave(6)
+    cand = base[rows].clone()
+    cand[torch.arange(12), torch.arange(12) % 5] = torch.randint(3, 100, (12,), generator=g)
+    target = torch.randint(3, 100, (2, 4), generator=g)
+    mask = torch.ones_like(target, dtype=torch.bool)
+
+    def score(chunk):
+        if variants:
+            return dlm.variant_losses(base, cand, rows, target, mask, chunk, min_forwards=1)
+        return dlm.hard_losses(cand, target[rows], mask[rows], chunk)
+
+    expected = score(4)
+    real_forward = dlm.model.forward
+
+    def small_device(*args, **kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[0] > 4:
+            raise torch.OutOfMemoryError("simulated")
+        return real_forward(*args, **kwargs)
+
+    dlm.model.forward = small_device
+    try:
+        loss, exact = score(64)
+    finally:
+        del dlm.model.forward
+    torch.testing.assert_close(loss, expected[0])
+    assert torch.equal(exact, expected[1]) and dlm._chunk_fits == 4

@@ -162,7 +162,8 @@ class DLMI(Method[DLMIState]):
         N = 80), so the R = B * S rows run through the model in equal passes of at most
         pass_tokens tokens, each pass's backward ending at a detached copy of the prompt
         embeddings; the sampler's backward then runs once. Same gradient as one pass.
-        split: False runs all rows in one pass. prompt: (R, N, d). Returns the loss (R,) and the argmax of the logits (R, M).
+        split: False runs all rows in one pass. prompt: (R, N, d). Returns the loss (R,) and
+        the argmax of the logits (R, M).
         """
         R, N, _ = prompt.shape
         S = self.config.samples

@@ -8,6 +8,7 @@ M target tokens per pair, V vocabulary, d width, L assembled sequence length.
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,8 @@ from dlmi.model.estimators import gumbel_noise, gumbel_softmax
 from dlmi.model.kv_cache import cache_of, with_cache
 from dlmi.model.models import LoadedModel, contiguous_head_input
 from dlmi.model.roundtrip import round_trips
+
+log = logging.getLogger(__name__)
 
 # Fixed text that starts every sequence (a chat template's header, a long --prefix) and is at
 # least this many tokens is run through the model once and kept as a KV cache, instead of
@@ -60,6 +63,7 @@ class DifferentiableLM:
         self.prefix_cache_min: int | None = PREFIX_CACHE_MIN
         self._prefix_cache = None  # (ids, cache of batch 1) of the shared prefix
         self._shared = self.context.shared_prefix()  # per context, not per forward
+        self._chunk_fits: int | None = None  # largest no-grad chunk known to fit (fit_chunk)
 
     @property
     def vocab_size(self) -> int:
@@ -373,8 +377,13 @@ class DifferentiableLM:
         prompt_ids: (R, N); target_ids, mask: (R, M) -> loss (R,), exact (R,) bool. `exact`
         means every scored position's argmax is the target token, which is what greedy
         decoding needs (see teacher_forced_hits). `chunk` rows per forward bounds memory;
-        objective, margin: as in target_loss.
+        objective, margin: as in target_loss. A chunk too large for the device's memory is
+        halved until it fits (fit_chunk).
         """
+        return self.fit_chunk(lambda c: self._hard_losses(prompt_ids, target_ids, mask, c,
+                                                          objective, margin), chunk)
+
+    def _hard_losses(self, prompt_ids, target_ids, mask, chunk, objective, margin):
         losses, exact = [], []
         for i in range(0, prompt_ids.shape[0], chunk):
             sl = slice(i, i + chunk)
@@ -404,12 +413,36 @@ class DifferentiableLM:
         base_ids (B, N); cand_ids (R, N), each a variant of base_ids[rows] (rows (R,));
         target_ids, mask (B, M) -> loss (R,), exact (R,), as hard_losses gives them (float
         tolerance). With pairs of context or the fluency term it is hard_losses itself.
+        A chunk too large for the device's memory is halved until it fits (fit_chunk).
         """
-        B, N = base_ids.shape
-        R = cand_ids.shape[0]
         if self.pairs > 1 or self.fluency:
             return self.hard_losses(cand_ids, target_ids[rows], mask[rows], chunk, objective,
                                     margin)
+        return self.fit_chunk(lambda c: self._variant_losses(
+            base_ids, cand_ids, rows, target_ids, mask, c, objective, margin, min_forwards),
+            chunk)
+
+    def fit_chunk(self, run, chunk: int):
+        """run(chunk), halving chunk after an out-of-memory error until it fits (GPU; as
+        accelerate's find_executable_batch_size), and starting later calls from the size
+        that fitted. A CPU that runs out of memory kills the process instead."""
+        chunk = min(chunk, self._chunk_fits or chunk)
+        while True:
+            try:
+                return run(chunk)
+            except torch.OutOfMemoryError:
+                if chunk == 1:
+                    raise
+                chunk //= 2
+                self._chunk_fits = chunk
+                log.warning("out of memory: scoring in chunks of %d prompts", chunk)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+    def _variant_losses(self, base_ids, cand_ids, rows, target_ids, mask, chunk, objective,
+                        margin, min_forwards):
+        B, N = base_ids.shape
+        R = cand_ids.shape[0]
         S = len(self.context.before[0])  # fixed tokens before the span
         after = torch.tensor(self.context.after[0], dtype=torch.long, device=self.device)
         base_embeds, _, _ = self._assemble(self.embed_prompt(base_ids), None)
