@@ -27,8 +27,9 @@ from dlmi.model.estimators import (
 from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 
-# Tokens per forward/backward pass of a step on CPU (pass_tokens = 0): measured in
-# benchmarks/speed.py, N = 80, 8 samples (README, "Speed").
+# Tokens per forward/backward pass of a step on CPU (pass_tokens = 0). At N = 80 the 8
+# samples run in 2 passes: the step's added memory went from 916 to 555 MB and its time stayed
+# within noise of one pass (README, "Benchmarks"; benchmarks/step_memory.py).
 PASS_TOKENS_CPU = 512
 
 
