@@ -5,7 +5,8 @@ every 8 steps, timed from the runner's per-step callback over one evaluation per
 warm-up step. Printed, from one run: seconds per step (mean over the period, median, spread)
 for N = 10 and N = 80 (M = 20, 8 samples) and for N = 80 with 8 targets in one batch; the
 step's estimated matmul FLOP/s as a ratio to two references measured in the same run (the
-float32 FLOP/s of a 2048^3 matmul, and of the step's own GEMM shapes, replayed); the memory one
+float32 FLOP/s of a 2048^3 matmul, and of the step's own GEMM shapes, replayed); the rate of
+the step's matrix products timed in place (profiler) and their share of its time; the memory one
 N = 80 step adds (Linux); peak RSS; the model's first (GGUF conversion) and cached load times.
 The last line is JSON.
 
@@ -142,6 +143,33 @@ def step_gemms(lm, prompt_length: int, target_len: int = 20) -> Counter:
     return mode.seen
 
 
+PROFILED_GEMMS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"}
+
+
+def in_place_gemms(lm, prompt_length: int, period: int) -> tuple[float, float]:
+    """The step's matrix products timed where they run (torch.profiler over one evaluation
+    period): their FLOP/s, with weights and activations as the step leaves them in memory
+    and cache, and their share of the profiled time. This rate bounds what the whole step
+    can reach without changing the products themselves."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        t = time.perf_counter()
+        runner_steps(lm, prompt_length, period)
+        wall = time.perf_counter() - t
+    flops = seconds = 0.0
+    for e in prof.events():
+        if e.name not in PROFILED_GEMMS or not e.input_shapes:
+            continue
+        shapes = e.input_shapes[1:] if e.name in ("aten::addmm", "aten::baddbmm") \
+            else e.input_shapes
+        a, b = shapes[0], shapes[1]
+        batch = a[0] if len(a) == 3 else 1
+        flops += 2.0 * batch * a[-2] * a[-1] * b[-1]
+        seconds += e.self_cpu_time_total / 1e6
+    return flops / seconds, seconds / wall
+
+
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -187,6 +215,7 @@ def main(argv=None) -> int:
         times, flops = runner_steps(lm, n, args.period, rows)
         sec = sum(times) / len(times)
         own = own_shapes_flops(step_gemms(lm, n))
+        in_place, gemm_share = in_place_gemms(lm, n, args.period) if rows == 1 else (0, 0)
         achieved = flops / sum(times)
         key = f"sec_per_step_n{n}" + ("" if rows == 1 else f"_b{rows}")
         out[key] = round(sec, 3)
@@ -195,6 +224,11 @@ def main(argv=None) -> int:
         if rows == 1:
             ratios.append(achieved / peak)
             own_ratios.append(achieved / own)
+            out[f"gemm_in_place_ratio_n{n}"] = round(in_place / peak, 3)
+            out[f"gemm_time_share_n{n}"] = round(gemm_share, 3)
+            print(f"N={n:>2}: its matrix products run at {in_place / 1e9:.1f} GFLOP/s in place "
+                  f"({in_place / peak:.2f} of the 2048^3 peak) and take {gemm_share:.0%} of "
+                  "the profiled period", flush=True)
         print(f"N={n:>2}, {rows} target(s): {sec:.2f} s/step with evaluation (median "
               f"{statistics.median(times):.2f}, {min(times):.2f}-{max(times):.2f}), "
               f"{flops / len(times) / 1e9:.0f} GFLOP/step, {achieved / 1e9:.1f} GFLOP/s = "

@@ -241,3 +241,63 @@ def test_a_stalled_search_restarts_near_its_best(tiny_lm, monkeypatch):
             assert incumbent[b, p] in top[b, p]
     best_losses = [loss for _, _, loss in states]
     assert all(b <= a for a, b in zip(best_losses[:-1], best_losses[1:], strict=True))
+
+
+def test_late_positions_weight_swaps_towards_the_end(tiny_lm, monkeypatch):
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    drawn = {}
+    real = DLMISearch._propose
+
+    def spy(self, state, batch, grad):
+        cand, pos, tokens = real(self, state, batch, grad)
+        drawn.setdefault(self.config.positions, []).append(pos.flatten())
+        return cand, pos, tokens
+
+    monkeypatch.setattr(DLMISearch, "_propose", spy)
+    for positions in ("uniform", "late"):
+        list(_drive(tiny_lm, 4, swaps=200, positions=positions))
+    counts = {k: torch.bincount(torch.cat(v), minlength=4).float() for k, v in drawn.items()}
+    # 800 draws over N = 4 positions: uniform about 200 each, late about 80/160/240/320.
+    assert counts["uniform"].min() > 140
+    assert counts["late"][3] > 2 * counts["late"][0]
+
+
+def test_unknown_positions_is_a_usage_error():
+    from dlmi.errors import UsageError
+
+    with pytest.raises(UsageError, match="positions must be one of uniform, late"):
+        DLMISearchConfig(positions="early")
+
+
+def test_paired_swaps_change_two_positions_and_are_not_forgotten(tiny_lm, monkeypatch):
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    seen = []
+    real_propose, real_forget = DLMISearch._propose, DLMISearch._forget
+
+    def spy_propose(self, state, batch, grad):
+        cand, pos, tokens = real_propose(self, state, batch, grad)
+        seen.append(((cand != state.incumbent[:, None]).sum(-1), pos))
+        return cand, pos, tokens
+
+    forgotten = []
+
+    def spy_forget(state, pos, tokens, rejected):
+        forgotten.append(rejected.clone())
+        real_forget(state, pos, tokens, rejected)
+
+    monkeypatch.setattr(DLMISearch, "_propose", spy_propose)
+    monkeypatch.setattr(DLMISearch, "_forget", staticmethod(spy_forget))
+    list(_drive(tiny_lm, 5, swaps=8, pairs=0.5))
+    changed = torch.stack([c for c, _ in seen])  # (steps, B, W) positions changed
+    assert (changed[..., :4] <= 2).all() and (changed[..., :4] == 2).any()
+    assert (changed[..., 4:] <= 1).all()  # the other half are single swaps
+    assert not torch.stack(forgotten)[..., :4].any()  # a pair's first token is not forgotten
+
+
+def test_pairs_outside_zero_one_is_a_usage_error():
+    from dlmi.errors import UsageError
+
+    with pytest.raises(UsageError, match="pairs must be between 0 and 1"):
+        DLMISearchConfig(pairs=1.5)

@@ -12,7 +12,8 @@ each step here
   2. scores `swaps` single-token changes of the incumbent in one no-grad teacher-forced
      batch, each new token drawn uniformly from the top_k tokens of Z at a uniform position
      (or of the anchor's own gradient, as GCG does): the learned distribution proposes, the
-     real loss decides, and a swap that does no better leaves Z's top tokens;
+     real loss decides, and a swap that does no better leaves Z's top tokens (with `pairs`,
+     a share of the proposals changes two positions at once);
   3. moves to the best prompt of the step when it improves, or, after `patience` steps
      without improvement, to the best proposal anyway; keeps the best prompt so far and
      reports it solved as soon as its argmax hits every target position, which proves that
@@ -35,6 +36,7 @@ from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 
 PROPOSALS = ("z", "gradient", "both")
+POSITIONS = ("uniform", "late")
 
 
 @dataclass
@@ -53,6 +55,13 @@ class DLMISearchConfig(GumbelPromptConfig):
     proposal: str = opt("z", "swap tokens drawn from the top_k of: z, gradient (anchor's), both")
     top_k: int = opt(
         64, "tokens per position that swaps draw from, uniformly", "measured")
+    # "late": position p (0-based) drawn with weight p + 1. The last prompt tokens sit next to
+    # the target, and a swap there is also the cheapest to score (from its position on).
+    positions: str = opt("uniform", "where swaps fall: uniform, or late (weight p + 1)")
+    # Two-position moves reach prompts that no single improving swap leads to (a target token
+    # that needs two prompt tokens changed together). The first round(pairs * swaps)
+    # proposals change a second, different position too, also to one of Z's top_k.
+    pairs: float = opt(0.0, "share of the swaps that change two positions at once")
     row_adam: bool = opt(True, "Z's Adam keeps one second moment per position: Z ranks tokens")
     # Steps without a better prompt before the search moves to the step's best proposal
     # anyway, to leave a local minimum (1: as GCG, which moves every step); the best so far
@@ -93,9 +102,15 @@ class DLMISearchConfig(GumbelPromptConfig):
         _at_least(self, "restart_after", 0)
         _at_least(self, "restart_swaps", 1)
         _at_least(self, "merge", 0)
+        if not 0.0 <= self.pairs <= 1.0:
+            raise UsageError(f"pairs must be between 0 and 1, got {self.pairs}: "
+                             "change --set pairs=VALUE")
         if self.objective not in OBJECTIVES:
             raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, "
                              f"got {self.objective!r}: change --set objective=VALUE")
+        if self.positions not in POSITIONS:
+            raise UsageError(f"positions must be one of {', '.join(POSITIONS)}, "
+                             f"got {self.positions!r}: change --set positions=VALUE")
         if self.proposal not in PROPOSALS:
             raise UsageError(f"proposal must be one of {', '.join(PROPOSALS)}, "
                              f"got {self.proposal!r}: change --set proposal=VALUE")
@@ -166,13 +181,17 @@ class DLMISearch(DLMI):
             if cfg.swaps:
                 cand, pos, tokens = self._propose(state, batch, grad)  # (B, W, N), (B, W) x2
                 cand_loss, cand_exact = self._score(state.incumbent, cand, batch)
+                # Two-position moves neither leave Z's top tokens nor merge: their first
+                # token is not to blame alone.
+                single = torch.arange(cfg.swaps, device=dev) >= self._paired()  # (W,)
                 if cfg.forget_rejected and cfg.proposal != "gradient":
-                    self._forget(state, pos, tokens, cand_loss >= losses[0][:, :1])
+                    self._forget(state, pos, tokens, (cand_loss >= losses[0][:, :1]) & single)
                 pools.append(cand)
                 losses.append(cand_loss)
                 exacts.append(cand_exact)
                 if cfg.merge > 1:
-                    merged = self._merge(state.incumbent, pos, tokens, cand_loss,
+                    merged = self._merge(state.incumbent, pos, tokens,
+                                         cand_loss.masked_fill(~single, float("inf")),
                                          losses[0][:, 0])  # (B, 1, N)
                     merged_loss, merged_exact = self._score(state.incumbent, merged, batch)
                     pools.append(merged)
@@ -256,15 +275,20 @@ class DLMISearch(DLMI):
     def _propose(self, state: DLMISearchState, batch: Batch, grad: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Single-token changes of the incumbent: (B, W, N), and their positions and new
-        tokens (B, W). Position uniform; the new token drawn uniformly from the top_k tokens
-        of Z at that position (proposal z), or of the anchor's negative gradient (proposal
-        gradient, as in GCG), or half of each (both)."""
+        tokens (B, W). Position uniform (or weighted towards the end: positions=late); the new
+        token drawn uniformly from the top_k tokens of Z at that position (proposal z), or of
+        the anchor's negative gradient (proposal gradient, as in GCG), or half of each (both)."""
         cfg = self.config
         Z = state.Z.detach()  # (B, N, V)
         B, N, V = Z.shape
         W, dev = cfg.swaps, Z.device
-        pos = per_row(batch.generators,
-                      lambda g: torch.randint(N, (W,), generator=g, device=dev))  # (B, W)
+        if cfg.positions == "late":
+            weight = torch.arange(1, N + 1, dtype=torch.float, device=dev)
+            pos = per_row(batch.generators, lambda g: torch.multinomial(
+                weight, W, replacement=True, generator=g))  # (B, W)
+        else:
+            pos = per_row(batch.generators,
+                          lambda g: torch.randint(N, (W,), generator=g, device=dev))  # (B, W)
         k = min(cfg.top_k, V)
         pick = per_row(batch.generators,
                        lambda g: torch.randint(k, (W,), generator=g, device=dev))  # (B, W)
@@ -281,7 +305,20 @@ class DLMISearch(DLMI):
                                  pick_top(Z))
         cand = state.incumbent[:, None].repeat(1, W, 1)
         cand.scatter_(2, pos[..., None], tokens[..., None])
+        P = self._paired()
+        if P and N > 1:  # a second position, never the first one, for the first P swaps
+            shift = per_row(batch.generators,
+                            lambda g: torch.randint(1, N, (P,), generator=g, device=dev))
+            pos2 = (pos[:, :P] + shift) % N  # (B, P)
+            pick2 = per_row(batch.generators,
+                            lambda g: torch.randint(k, (P,), generator=g, device=dev))
+            tokens2 = top_k_pick(Z, pos2, pick2, k)  # (B, P)
+            cand[:, :P].scatter_(2, pos2[..., None], tokens2[..., None])
         return cand, pos, tokens
+
+    def _paired(self) -> int:
+        """How many of a step's swaps (the first ones) change two positions."""
+        return round(self.config.pairs * self.config.swaps)
 
     def _merge(self, incumbent: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor,
                cand_loss: torch.Tensor, incumbent_loss: torch.Tensor) -> torch.Tensor:
