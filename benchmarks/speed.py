@@ -74,8 +74,9 @@ class GemmShapes(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def gemm_flops(func, a_shape, b_shape) -> float:
-    batch = a_shape[0] if func in (aten.bmm.default, aten.baddbmm.default) else 1
+def gemm_flops(a_shape, b_shape) -> float:
+    """2 m k n, times the batch of a batched product (3-D operands)."""
+    batch = a_shape[0] if len(a_shape) == 3 else 1
     return 2.0 * batch * a_shape[-2] * a_shape[-1] * b_shape[-1]
 
 
@@ -83,7 +84,7 @@ def own_shapes_flops(seen: Counter, repeats: int = 3) -> float:
     """FLOP/s of the recorded products replayed alone, each with its own shapes and memory
     layout, weighted by how often the step runs it (the second reference)."""
     total_flops = total_time = 0.0
-    for (func, a_shape, a_stride, b_shape, b_stride), count in seen.items():
+    for (_op, a_shape, a_stride, b_shape, b_stride), count in seen.items():
         a = torch.empty_strided(a_shape, a_stride).normal_()
         b = torch.empty_strided(b_shape, b_stride).normal_()
         torch.matmul(a, b)
@@ -92,7 +93,7 @@ def own_shapes_flops(seen: Counter, repeats: int = 3) -> float:
             t = time.perf_counter()
             torch.matmul(a, b)
             best = min(best, time.perf_counter() - t)
-        total_flops += count * gemm_flops(func, a_shape, b_shape)
+        total_flops += count * gemm_flops(a_shape, b_shape)
         total_time += count * best
     return total_flops / total_time
 
@@ -163,9 +164,7 @@ def in_place_gemms(lm, prompt_length: int, period: int) -> tuple[float, float]:
             continue
         shapes = e.input_shapes[1:] if e.name in ("aten::addmm", "aten::baddbmm") \
             else e.input_shapes
-        a, b = shapes[0], shapes[1]
-        batch = a[0] if len(a) == 3 else 1
-        flops += 2.0 * batch * a[-2] * a[-1] * b[-1]
+        flops += gemm_flops(shapes[0], shapes[1])
         seconds += e.self_cpu_time_total / 1e6
     return flops / seconds, seconds / wall
 
