@@ -301,3 +301,41 @@ def test_pairs_outside_zero_one_is_a_usage_error():
 
     with pytest.raises(UsageError, match="pairs must be between 0 and 1"):
         DLMISearchConfig(pairs=1.5)
+
+
+def test_target_swaps_draw_target_tokens_and_are_not_forgotten(tiny_lm, monkeypatch):
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    seen, forgotten = [], []
+    real_propose, real_forget = DLMISearch._propose, DLMISearch._forget
+
+    def spy_propose(self, state, batch, grad):
+        cand, pos, tokens = real_propose(self, state, batch, grad)
+        seen.append((tokens.clone(), batch.target_ids.clone()))
+        return cand, pos, tokens
+
+    def spy_forget(state, pos, tokens, rejected):
+        forgotten.append(rejected.clone())
+        real_forget(state, pos, tokens, rejected)
+
+    monkeypatch.setattr(DLMISearch, "_propose", spy_propose)
+    monkeypatch.setattr(DLMISearch, "_forget", staticmethod(spy_forget))
+    list(_drive(tiny_lm, 4, swaps=8, from_target=0.25))
+    for tokens, target in seen:
+        assert torch.isin(tokens[:, 6:], target).all()  # the last 2 of 8 swaps
+    assert not torch.stack(forgotten)[..., 6:].any()  # they were never Z's top tokens
+
+
+def test_target_swaps_respect_no_target_tokens(tiny_lm):
+    # With the target's tokens banned, target swaps fall back to Z's proposals.
+    target = hidden_prompt_target(tiny_lm, 5, prompt_len=4, target_len=6)
+    r = dlmi.invert(tiny_lm, target, method="dlmi-search", prompt_length=4, steps=6,
+                    swaps=8, from_target=1.0, no_target_tokens=True, early_stop=False)
+    assert not set(r.prompt_ids) & set(target)
+
+
+def test_from_target_outside_zero_one_is_a_usage_error():
+    from dlmi.errors import UsageError
+
+    with pytest.raises(UsageError, match="from_target must be between 0 and 1"):
+        DLMISearchConfig(from_target=-0.1)

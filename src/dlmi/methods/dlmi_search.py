@@ -62,6 +62,11 @@ class DLMISearchConfig(GumbelPromptConfig):
     # that needs two prompt tokens changed together). The first round(pairs * swaps)
     # proposals change a second, different position too, also to one of Z's top_k.
     pairs: float = opt(0.0, "share of the swaps that change two positions at once")
+    # Context primes the model: a target's own words in the prompt (not the target as a
+    # whole) make it likelier to say them. The last round(from_target * swaps) proposals
+    # draw their token from the row's target tokens that the prompt vocabulary allows
+    # (none under no_target_tokens); results report the overlap as the paper's cheating check.
+    from_target: float = opt(0.0, "share of the swaps whose new token is one of the target's")
     row_adam: bool = opt(True, "Z's Adam keeps one second moment per position: Z ranks tokens")
     # Steps without a better prompt before the search moves to the step's best proposal
     # anyway, to leave a local minimum (1: as GCG, which moves every step); the best so far
@@ -102,9 +107,10 @@ class DLMISearchConfig(GumbelPromptConfig):
         _at_least(self, "restart_after", 0)
         _at_least(self, "restart_swaps", 1)
         _at_least(self, "merge", 0)
-        if not 0.0 <= self.pairs <= 1.0:
-            raise UsageError(f"pairs must be between 0 and 1, got {self.pairs}: "
-                             "change --set pairs=VALUE")
+        for name in ("pairs", "from_target"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"{name} must be between 0 and 1, got {getattr(self, name)}: "
+                                 f"change --set {name}=VALUE")
         if self.objective not in OBJECTIVES:
             raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, "
                              f"got {self.objective!r}: change --set objective=VALUE")
@@ -184,8 +190,10 @@ class DLMISearch(DLMI):
                 # Two-position moves neither leave Z's top tokens nor merge: their first
                 # token is not to blame alone.
                 single = torch.arange(cfg.swaps, device=dev) >= self._paired()  # (W,)
+                from_z = torch.arange(cfg.swaps, device=dev) < cfg.swaps - self._targeted()
                 if cfg.forget_rejected and cfg.proposal != "gradient":
-                    self._forget(state, pos, tokens, (cand_loss >= losses[0][:, :1]) & single)
+                    self._forget(state, pos, tokens,
+                                 (cand_loss >= losses[0][:, :1]) & single & from_z)
                 pools.append(cand)
                 losses.append(cand_loss)
                 exacts.append(cand_exact)
@@ -303,6 +311,9 @@ class DLMISearch(DLMI):
         else:  # both: even swaps from the gradient, odd ones from Z
             tokens = torch.where(torch.arange(W, device=dev) % 2 == 0, pick_top(-grad),
                                  pick_top(Z))
+        T = self._targeted()
+        if T:
+            tokens[:, W - T:] = self._target_tokens(batch, tokens[:, W - T:])
         cand = state.incumbent[:, None].repeat(1, W, 1)
         cand.scatter_(2, pos[..., None], tokens[..., None])
         P = self._paired()
@@ -315,6 +326,24 @@ class DLMISearch(DLMI):
             tokens2 = top_k_pick(Z, pos2, pick2, k)  # (B, P)
             cand[:, :P].scatter_(2, pos2[..., None], tokens2[..., None])
         return cand, pos, tokens
+
+    def _targeted(self) -> int:
+        """How many of a step's swaps (the last ones) draw their token from the target."""
+        return round(self.config.from_target * self.config.swaps)
+
+    def _target_tokens(self, batch: Batch, fallback: torch.Tensor) -> torch.Tensor:
+        """Per row, fallback.shape[1] tokens drawn uniformly from the row's target tokens that
+        the prompt vocabulary allows: (B, T) prompt-vocabulary ids; a row with none keeps
+        its fallback (B, T)."""
+        local, ok = self.dlm.allowed_local_ids(batch.target_ids)  # (B, M) x2
+        ok &= batch.mask
+        T = fallback.shape[1]
+        out = fallback.clone()
+        for b, g in enumerate(batch.generators):
+            if ok[b].any():
+                choice = torch.multinomial(ok[b].float(), T, replacement=True, generator=g)
+                out[b] = local[b, choice]
+        return out
 
     def _paired(self) -> int:
         """How many of a step's swaps (the first ones) change two positions."""

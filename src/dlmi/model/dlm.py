@@ -89,6 +89,15 @@ class DifferentiableLM:
                              "is outside the allowed vocabulary: change --vocab or the prompt")
         return where
 
+    def allowed_local_ids(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's token ids (...) -> (their prompt-vocabulary ids, whether each is in
+        the prompt vocabulary at all); ids outside it map to 0 and False."""
+        if self.prompt_vocab is None:
+            return ids, torch.ones_like(ids, dtype=torch.bool)
+        where = torch.searchsorted(self.prompt_vocab, ids).clamp_max(len(self.prompt_vocab) - 1)
+        ok = self.prompt_vocab[where] == ids
+        return torch.where(ok, where, 0), ok
+
     def global_ids(self, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Prompt ids in the prompt vocabulary (B, N) -> the model's token ids (B, N)."""
         return prompt_ids if self.prompt_vocab is None else self.prompt_vocab[prompt_ids]
