@@ -270,18 +270,18 @@ def test_unknown_positions_is_a_usage_error():
         DLMISearchConfig(positions="early")
 
 
-def test_paired_swaps_change_two_positions_and_are_not_forgotten(tiny_lm, monkeypatch):
+def _spy_proposals(monkeypatch):
+    """Record, per step, what dlmi-search proposes and which swaps it forgets."""
     from dlmi.methods.dlmi_search import DLMISearch
 
-    seen = []
+    proposed, forgotten = [], []
     real_propose, real_forget = DLMISearch._propose, DLMISearch._forget
 
     def spy_propose(self, state, batch, grad):
         cand, pos, tokens = real_propose(self, state, batch, grad)
-        seen.append(((cand != state.incumbent[:, None]).sum(-1), pos))
+        proposed.append({"changed": (cand != state.incumbent[:, None]).sum(-1),
+                         "tokens": tokens.clone(), "target": batch.target_ids.clone()})
         return cand, pos, tokens
-
-    forgotten = []
 
     def spy_forget(state, pos, tokens, rejected):
         forgotten.append(rejected.clone())
@@ -289,8 +289,13 @@ def test_paired_swaps_change_two_positions_and_are_not_forgotten(tiny_lm, monkey
 
     monkeypatch.setattr(DLMISearch, "_propose", spy_propose)
     monkeypatch.setattr(DLMISearch, "_forget", staticmethod(spy_forget))
+    return proposed, forgotten
+
+
+def test_paired_swaps_change_two_positions_and_are_not_forgotten(tiny_lm, monkeypatch):
+    proposed, forgotten = _spy_proposals(monkeypatch)
     list(_drive(tiny_lm, 5, swaps=8, pairs=0.5))
-    changed = torch.stack([c for c, _ in seen])  # (steps, B, W) positions changed
+    changed = torch.stack([p["changed"] for p in proposed])  # (steps, B, W) positions changed
     assert (changed[..., :4] <= 2).all() and (changed[..., :4] == 2).any()
     assert (changed[..., 4:] <= 1).all()  # the other half are single swaps
     assert not torch.stack(forgotten)[..., :4].any()  # a pair's first token is not forgotten
@@ -304,25 +309,11 @@ def test_pairs_outside_zero_one_is_a_usage_error():
 
 
 def test_target_swaps_draw_target_tokens_and_are_not_forgotten(tiny_lm, monkeypatch):
-    from dlmi.methods.dlmi_search import DLMISearch
-
-    seen, forgotten = [], []
-    real_propose, real_forget = DLMISearch._propose, DLMISearch._forget
-
-    def spy_propose(self, state, batch, grad):
-        cand, pos, tokens = real_propose(self, state, batch, grad)
-        seen.append((tokens.clone(), batch.target_ids.clone()))
-        return cand, pos, tokens
-
-    def spy_forget(state, pos, tokens, rejected):
-        forgotten.append(rejected.clone())
-        real_forget(state, pos, tokens, rejected)
-
-    monkeypatch.setattr(DLMISearch, "_propose", spy_propose)
-    monkeypatch.setattr(DLMISearch, "_forget", staticmethod(spy_forget))
+    proposed, forgotten = _spy_proposals(monkeypatch)
     list(_drive(tiny_lm, 4, swaps=8, from_target=0.25))
-    for tokens, target in seen:
-        assert torch.isin(tokens[:, 6:], target).all()  # the last 2 of 8 swaps
+    for p in proposed:
+        assert torch.isin(p["tokens"][:, 6:], p["target"]).all()  # the last 2 of 8 swaps
+        assert not torch.isin(p["tokens"][:, :6], p["target"]).all()  # the rest from Z
     assert not torch.stack(forgotten)[..., 6:].any()  # they were never Z's top tokens
 
 
@@ -339,3 +330,20 @@ def test_from_target_outside_zero_one_is_a_usage_error():
 
     with pytest.raises(UsageError, match="from_target must be between 0 and 1"):
         DLMISearchConfig(from_target=-0.1)
+
+
+def _revisits(lm, tabu: int, window: int) -> int:
+    """Moves without gain that land on one of the `window` previous incumbents."""
+    incumbents, best_losses, count = [], [], 0
+    for state in _drive(lm, 40, swaps=4, top_k=4, tabu=tabu):
+        inc, loss = state.incumbent[0].clone(), float(state.best_loss[0])
+        if best_losses and loss == best_losses[-1]:  # the best did not improve: a kick
+            count += any(torch.equal(inc, old) for old in incumbents[-window:])
+        incumbents.append(inc)
+        best_losses.append(loss)
+    return count
+
+
+def test_tabu_moves_never_return_to_recent_incumbents(tiny_lm):
+    assert _revisits(tiny_lm, tabu=0, window=3) > 0  # without it, the search oscillates
+    assert _revisits(tiny_lm, tabu=3, window=3) == 0

@@ -15,9 +15,9 @@ each step here
      real loss decides, and a swap that does no better leaves Z's top tokens (with `pairs`,
      a share of the proposals changes two positions at once);
   3. moves to the best prompt of the step when it improves, or, after `patience` steps
-     without improvement, to the best proposal anyway; keeps the best prompt so far and
-     reports it solved as soon as its argmax hits every target position, which proves that
-     greedy decoding reproduces the target.
+     without improvement, to the best proposal anyway (with `tabu`, not back to a recent
+     incumbent); keeps the best prompt so far and reports it solved as soon as its argmax
+     hits every target position, which proves that greedy decoding reproduces the target.
 The runner still judges every prompt by greedy decoding.
 """
 
@@ -74,6 +74,11 @@ class DLMISearchConfig(GumbelPromptConfig):
     patience: int = opt(
         1, "steps without a better prompt before moving to the step's best proposal anyway "
         "(0: never)", "measured")
+    # Tabu search: a stalled search that moves to its best proposal tends to step straight
+    # back into the minimum it just left (that swap is the best move from the neighbour), so
+    # it oscillates. A move made without a gain may not land on one of the last `tabu`
+    # incumbents; a move to a prompt better than the best is always allowed.
+    tabu: int = opt(0, "recent incumbents a move without gain may not return to (0: off)")
     # A proposal that scored no better than the incumbent leaves Z's top tokens, so a stalled
     # search explores instead of redrawing the same rejected swaps (z proposals only).
     forget_rejected: bool = opt(
@@ -103,6 +108,7 @@ class DLMISearchConfig(GumbelPromptConfig):
         _at_least(self, "chunk_size", 1)
         _at_least(self, "top_k", 1)
         _at_least(self, "patience", 0)
+        _at_least(self, "tabu", 0)
         _at_least(self, "cw_margin", 0.0)
         _at_least(self, "restart_after", 0)
         _at_least(self, "restart_swaps", 1)
@@ -144,6 +150,7 @@ class DLMISearchState(DLMIState):
     best_exact: torch.Tensor | None = None  # (B,)
     stall: torch.Tensor | None = None  # (B,) steps since the best last improved or a kick
     since_best: torch.Tensor | None = None  # (B,) steps since the best last improved
+    recent: torch.Tensor | None = None  # (B, T, N) the last T incumbents, newest first (tabu)
 
 
 @register
@@ -222,16 +229,30 @@ class DLMISearch(DLMI):
             # Move to the step's best proposal when it improves, or when stalled too long.
             kick = (state.stall >= cfg.patience) if cfg.patience else torch.zeros_like(improved)
             kick &= pool.shape[1] > 1
-            move = key[:, 1:].argmin(1) + 1 if pool.shape[1] > 1 else top  # all but incumbent
+            move = self._move(state, pool, key) if pool.shape[1] > 1 else top
             choice = torch.where(kick, move, top)
             self._set(state, "incumbent", torch.ones_like(improved), pool[rows, choice],
                       pool_loss[rows, choice], pool_exact[rows, choice])
+            if cfg.tabu:
+                recent = state.recent if state.recent is not None else pool[:, :0]
+                state.recent = torch.cat([state.incumbent[:, None], recent], 1)[:, :cfg.tabu]
             state.stall = torch.where(kick, 0, state.stall)
             state.since_best = torch.where(improved, 0, state.since_best + 1)
             if cfg.restart_after:
                 self._restart(state, batch, state.since_best >= cfg.restart_after)
         return StepOutput(loss=state.best_loss.clone(), temperature=tau.detach().mean(1),
                           train_argmax=train_argmax, solved=state.best_exact.clone())
+
+    @staticmethod
+    def _move(state: DLMISearchState, pool: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """Where a move without gain goes: the pool's best prompt other than the incumbent
+        (pool index 0) and, with tabu, other than the recent incumbents. pool (B, K, N),
+        key (B, K) -> index (B,)."""
+        key = key[:, 1:]
+        if state.recent is not None:
+            seen = (pool[:, 1:, None] == state.recent[:, None]).all(-1).any(-1)  # (B, K-1)
+            key = key.masked_fill(seen, float("inf"))
+        return key.argmin(1) + 1
 
     @staticmethod
     def _set(state, name: str, where: torch.Tensor, prompts, loss, exact) -> None:
