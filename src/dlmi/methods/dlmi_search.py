@@ -74,10 +74,11 @@ class DLMISearchConfig(GumbelPromptConfig):
     patience: int = opt(
         1, "steps without a better prompt before moving to the step's best proposal anyway "
         "(0: never)", "measured")
-    # Tabu search: a stalled search that moves to its best proposal tends to step straight
-    # back into the minimum it just left (that swap is the best move from the neighbour), so
-    # it oscillates. A move made without a gain may not land on one of the last `tabu`
-    # incumbents; a move to a prompt better than the best is always allowed.
+    # Tabu search: a stalled search that moves to its best proposal can step straight back
+    # into the minimum it just left (that swap is the best move from the neighbour), or stay
+    # put on a proposal equal to the incumbent. A move made without a gain may not land on
+    # one of the last `tabu` incumbents; a move to a prompt better than the best is always
+    # allowed.
     tabu: int = opt(0, "recent incumbents a move without gain may not return to (0: off)")
     # A proposal that scored no better than the incumbent leaves Z's top tokens, so a stalled
     # search explores instead of redrawing the same rejected swaps (z proposals only).

@@ -79,12 +79,9 @@ class DifferentiableLM:
     def local_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """The model's token ids (...) -> the prompt vocabulary's; a token outside it is an
         error that names it."""
-        if self.prompt_vocab is None:
-            return ids
-        where = torch.searchsorted(self.prompt_vocab, ids).clamp_max(len(self.prompt_vocab) - 1)
-        bad = self.prompt_vocab[where] != ids
-        if bool(bad.any()):
-            token = int(ids[bad][0])
+        where, ok = self.allowed_local_ids(ids)
+        if not bool(ok.all()):
+            token = int(ids[~ok][0])
             raise UsageError(f"token {token} ({self.lm.decode([token])!r}) of the initial prompt "
                              "is outside the allowed vocabulary: change --vocab or the prompt")
         return where
