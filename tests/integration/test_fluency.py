@@ -29,6 +29,20 @@ def test_penalty_of_a_hard_prompt_is_its_log_perplexity(tiny_lm, before):
     assert (losses - plain).item() == pytest.approx(got.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("before", [(), (10, 11)])
+def test_prompt_log_probs_predict_each_prompt_token_from_what_precedes_it(tiny_lm, before):
+    dlm = DifferentiableLM(tiny_lm, context=SpanContext.single(before))
+    ids = [5, 9, 40, 3]
+    logp, first = dlm.prompt_log_probs(dlm.embed_prompt(torch.tensor([ids])))
+    assert first == (0 if before else 1) and logp.shape == (1, 4 - first, dlm.vocab_size)
+    with torch.no_grad():  # the model on the plain token sequence, by hand
+        full = tiny_lm.model(input_ids=torch.tensor([list(before) + ids])).logits[0]
+    for i in range(4 - first):
+        p = first + i  # prompt position predicted by entry i
+        expected = full[len(before) + p - 1].log_softmax(-1)
+        assert torch.allclose(logp[0, i], expected, atol=1e-4)
+
+
 def test_a_fluency_weight_finds_more_likely_prompts(tiny_lm):
     def mean_ppl(weight):
         rs = [dlmi.invert(tiny_lm, "hello", steps=30, prompt_length=6, seed=s, fluency=weight)

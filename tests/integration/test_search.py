@@ -280,7 +280,8 @@ def _spy_proposals(monkeypatch):
     def spy_propose(self, state, batch, grad):
         cand, pos, tokens = real_propose(self, state, batch, grad)
         proposed.append({"changed": (cand != state.incumbent[:, None]).sum(-1),
-                         "tokens": tokens.clone(), "target": batch.target_ids.clone()})
+                         "tokens": tokens.clone(), "target": batch.target_ids.clone(),
+                         "pos": pos.clone(), "incumbent": state.incumbent.clone()})
         return cand, pos, tokens
 
     def spy_forget(state, pos, tokens, rejected):
@@ -330,6 +331,31 @@ def test_from_target_outside_zero_one_is_a_usage_error():
 
     with pytest.raises(UsageError, match="from_target must be between 0 and 1"):
         DLMISearchConfig(from_target=-0.1)
+
+
+def test_model_swaps_take_the_models_next_tokens_and_are_not_forgotten(tiny_lm, monkeypatch):
+    proposed, forgotten = _spy_proposals(monkeypatch)
+    list(_drive(tiny_lm, 4, swaps=8, top_k=3, from_lm=0.5))
+    dlm = DifferentiableLM(tiny_lm)  # no fixed text: the first position is not predicted
+    checked = 0
+    for p in proposed:
+        logp, first = dlm.prompt_log_probs(dlm.embed_prompt(p["incumbent"]))  # (1, 3, V)
+        top = logp.topk(3, -1).indices[0]  # (3, 3): the model's top 3 at positions 1..3
+        for w in range(4, 8):  # the last half of the swaps
+            pos, token = int(p["pos"][0, w]), int(p["tokens"][0, w])
+            if pos >= first:
+                assert token in top[pos - first].tolist()
+                checked += 1
+    assert checked > 0
+    assert not torch.stack(forgotten)[..., 4:].any()  # never Z's top tokens to forget
+    assert torch.stack(forgotten)[..., :4].any()  # Z's own rejected swaps still are
+
+
+def test_shares_of_special_swaps_above_one_are_a_usage_error():
+    from dlmi.errors import UsageError
+
+    with pytest.raises(UsageError, match="pairs \\+ from_target \\+ from_lm must be at most 1"):
+        DLMISearchConfig(pairs=0.5, from_lm=0.6)
 
 
 def _revisits(lm, tabu: int, window: int) -> int:

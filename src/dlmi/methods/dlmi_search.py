@@ -13,7 +13,8 @@ each step here
      batch, each new token drawn uniformly from the top_k tokens of Z at a uniform position
      (or of the anchor's own gradient, as GCG does): the learned distribution proposes, the
      real loss decides, and a swap that does no better leaves Z's top tokens (with `pairs`,
-     a share of the proposals changes two positions at once);
+     a share of the proposals changes two positions at once; with `from_target` and
+     `from_lm`, a share takes the target's tokens or the model's own next-token predictions);
   3. moves to the best prompt of the step when it improves, or, after `patience` steps
      without improvement, to the best proposal anyway (with `tabu`, not back to a recent
      incumbent); keeps the best prompt so far and reports it solved as soon as its argmax
@@ -67,6 +68,12 @@ class DLMISearchConfig(GumbelPromptConfig):
     # draw their token from the row's target tokens that the prompt vocabulary allows
     # (none under no_target_tokens); results report the overlap as the paper's cheating check.
     from_target: float = opt(0.0, "share of the swaps whose new token is one of the target's")
+    # Fluent proposals: the model's own top_k next tokens at a position, given the incumbent
+    # before it (one no-grad forward of the incumbent per step). A natural-text target may
+    # need a natural context, which Z's gradient ranking rarely spells out. The first prompt
+    # token, which nothing before it predicts without fixed text, falls back to Z.
+    from_lm: float = opt(0.0, "share of the swaps whose new token is one of the model's top_k "
+                         "predictions there, given the prompt before it")
     row_adam: bool = opt(True, "Z's Adam keeps one second moment per position: Z ranks tokens")
     # Steps without a better prompt before the search moves to the step's best proposal
     # anyway, to leave a local minimum (1: as GCG, which moves every step); the best so far
@@ -114,7 +121,7 @@ class DLMISearchConfig(GumbelPromptConfig):
         _at_least(self, "restart_after", 0)
         _at_least(self, "restart_swaps", 1)
         _at_least(self, "merge", 0)
-        for name in ("pairs", "from_target"):
+        for name in ("pairs", "from_target", "from_lm"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be between 0 and 1, got {getattr(self, name)}: "
                                  f"change --set {name}=VALUE")
@@ -127,6 +134,9 @@ class DLMISearchConfig(GumbelPromptConfig):
         if self.proposal not in PROPOSALS:
             raise UsageError(f"proposal must be one of {', '.join(PROPOSALS)}, "
                              f"got {self.proposal!r}: change --set proposal=VALUE")
+        if self.pairs + self.from_target + self.from_lm > 1.0:
+            raise UsageError("pairs + from_target + from_lm must be at most 1, got "
+                             f"{self.pairs + self.from_target + self.from_lm:g}: lower one")
         if self.proposal != "z" and not self.anchor:
             raise UsageError("gradient proposals need the anchor: set --set anchor=true "
                              "or --set proposal=z")
@@ -198,7 +208,8 @@ class DLMISearch(DLMI):
                 # Two-position moves neither leave Z's top tokens nor merge: their first
                 # token is not to blame alone.
                 single = torch.arange(cfg.swaps, device=dev) >= self._paired()  # (W,)
-                from_z = torch.arange(cfg.swaps, device=dev) < cfg.swaps - self._targeted()
+                from_z = (torch.arange(cfg.swaps, device=dev)
+                          < cfg.swaps - self._targeted() - self._fluent())
                 if cfg.forget_rejected and cfg.proposal != "gradient":
                     self._forget(state, pos, tokens,
                                  (cand_loss >= losses[0][:, :1]) & single & from_z)
@@ -333,9 +344,13 @@ class DLMISearch(DLMI):
         else:  # both: even swaps from the gradient, odd ones from Z
             tokens = torch.where(torch.arange(W, device=dev) % 2 == 0, pick_top(-grad),
                                  pick_top(Z))
-        T = self._targeted()
+        T, L = self._targeted(), self._fluent()
         if T:
             tokens[:, W - T:] = self._target_tokens(batch, tokens[:, W - T:])
+        if L:  # the L swaps before the targeted ones
+            span = slice(W - T - L, W - T)
+            tokens[:, span] = self._model_tokens(state.incumbent, pos[:, span], pick[:, span],
+                                                 tokens[:, span])
         cand = state.incumbent[:, None].repeat(1, W, 1)
         cand.scatter_(2, pos[..., None], tokens[..., None])
         P = self._paired()
@@ -352,6 +367,21 @@ class DLMISearch(DLMI):
     def _targeted(self) -> int:
         """How many of a step's swaps (the last ones) draw their token from the target."""
         return round(self.config.from_target * self.config.swaps)
+
+    def _fluent(self) -> int:
+        """How many of a step's swaps (just before the targeted ones) take the model's own
+        prediction."""
+        return round(self.config.from_lm * self.config.swaps)
+
+    def _model_tokens(self, incumbent: torch.Tensor, pos: torch.Tensor, pick: torch.Tensor,
+                      fallback: torch.Tensor) -> torch.Tensor:
+        """The pick-th of the model's top_k next tokens at each position pos, given the
+        incumbent (B, N) before it: (B, L) prompt-vocabulary ids; a position the model does
+        not predict (the first, without fixed text) keeps its fallback (B, L)."""
+        logp, first = self.dlm.prompt_log_probs(self.dlm.embed_prompt(incumbent))  # (B, P, V)
+        k = min(self.config.top_k, logp.shape[-1])
+        tokens = top_k_pick(logp, (pos - first).clamp_min(0), pick, k)
+        return torch.where(pos >= first, tokens, fallback)
 
     def _target_tokens(self, batch: Batch, fallback: torch.Tensor) -> torch.Tensor:
         """Per row, fallback.shape[1] tokens drawn uniformly from the row's target tokens that

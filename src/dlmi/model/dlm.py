@@ -287,6 +287,28 @@ class DifferentiableLM:
                 mask, positions = _one_more(mask, positions)
         return torch.stack(steps, dim=1).reshape(B, M, -1)
 
+    def prompt_log_probs(self, prompt_embeds: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The model's log-probabilities for each prompt token it can predict, given the first
+        pair's fixed text and the prompt before it: prompt_embeds (B, N, d) -> (log-probs
+        (B, N - first, V) over the prompt vocabulary, first), where entry i predicts prompt
+        position first + i; first is 0 after fixed text, else 1 (nothing predicts the first
+        token). Differentiable when prompt_embeds is."""
+        B, N, _ = prompt_embeds.shape
+        before = self.context.before[0]
+        pieces = [prompt_embeds]
+        if before:
+            fixed = torch.tensor(before, dtype=torch.long, device=self.device)
+            pieces.insert(0, self.hard_embed(fixed)[None].expand(B, -1, -1))
+        embeds = torch.cat(pieces, 1)
+        first = 0 if before else 1
+        P = N - first
+        self._count(B, embeds.shape[1], P, backward=prompt_embeds.requires_grad)
+        logits = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=P + 1).logits
+        logp = logits[:, -P - 1:-1].float().log_softmax(-1)  # (B, P, V_all)
+        if self.prompt_vocab is not None:
+            logp = logp[..., self.prompt_vocab]
+        return logp, first
+
     def fluency_penalty(self, prompt_embeds: torch.Tensor, prompt_dist: torch.Tensor | None
                         ) -> torch.Tensor:
         """fluency x the prompt's mean negative log-likelihood under the model, per row (B,):
@@ -295,20 +317,10 @@ class DifferentiableLM:
         fluency is 0 (no forward). prompt_embeds (B, N, d); prompt_dist (B, N, V) over the
         prompt vocabulary."""
         B, N, _ = prompt_embeds.shape
-        zero = torch.zeros(B, device=self.device)
         if not self.fluency or prompt_dist is None or N < 2:
-            return zero
-        before = self.context.before[0]
-        pieces = [prompt_embeds]
-        if before:
-            fixed = torch.tensor(before, dtype=torch.long, device=self.device)
-            pieces.insert(0, self.hard_embed(fixed)[None].expand(B, -1, -1))
-        embeds = torch.cat(pieces, 1)
-        self._count(B, embeds.shape[1], N - 1, backward=prompt_embeds.requires_grad)
-        logits = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=N).logits
-        logp = logits[:, -N:-1].float().log_softmax(-1)  # (B, N - 1, V_all) predicts 1..N-1
-        if self.prompt_vocab is not None:
-            logp = logp[..., self.prompt_vocab]
+            return torch.zeros(B, device=self.device)
+        logp, _ = self.prompt_log_probs(prompt_embeds)
+        logp = logp[:, -(N - 1):]  # (B, N - 1, V) predicts positions 1..N-1
         nll = -(prompt_dist[:, 1:].float() * logp).sum(-1).mean(-1)  # (B,)
         return self.fluency * nll
 
