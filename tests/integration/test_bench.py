@@ -1,9 +1,11 @@
 import json
 
 import pytest
+import torch
 
 from dlmi.cli import main
 from dlmi.evaluation.bench import load_spec, run_bench
+from dlmi.errors import UsageError
 from dlmi.evaluation.results_io import read_rows, row_key
 
 GRID = dict(model="tiny-random", methods=["dlmi", "random"], prompt_lengths=[4],
@@ -81,3 +83,27 @@ def test_presets_load():
     assert paper.budgets == [256, 2048] and paper.prompt_lengths == [10, 80]
     assert paper.targets.k == [1, 6, 11, 16, 21] and len(paper.seeds) == 5
     assert quick.model == "smollm2-135m" and max(quick.budgets) < max(paper.budgets)
+
+
+def test_a_prefix_comes_before_every_prompt_and_a_file_keeps_one(tmp_path, tiny_lm):
+    out = tmp_path / "r.jsonl"
+    spec = load_spec(**{**GRID, "methods": ["random"], "seeds": [0], "prefix": "<s>"})
+    assert run_bench(spec, out, lm=tiny_lm) == 4
+    rows = read_rows(out)
+    assert all(r["prefix_ids"] == [tiny_lm.bos_token_id] for r in rows)  # the special token
+    # The judge decodes after the prefix: the row's output is the greedy continuation of it.
+    from dlmi.model.dlm import DifferentiableLM
+
+    dlm = DifferentiableLM(tiny_lm, prefix_ids=rows[0]["prefix_ids"])
+    out_ids = dlm.greedy_decode(torch.tensor([rows[0]["prompt_ids"]]), 5)[0].tolist()
+    assert out_ids == rows[0]["output_ids"]
+    with pytest.raises(UsageError, match="holds rows made with prefix ids"):
+        run_bench(load_spec(**{**GRID, "methods": ["random"], "seeds": [0]}), out, lm=tiny_lm)
+
+
+def test_bench_cli_refuses_a_prefix_of_no_tokens(tmp_path, capsys):
+    code = main(["bench", "--model", "tiny-random", "--methods", "random", "--budgets", "2",
+                 "--prompt-lengths", "2", "--seeds", "0", "--prefix", "",
+                 "--out", str(tmp_path / "r.jsonl"), "--quiet"])
+    assert code == 2
+    assert "encodes to no tokens" in capsys.readouterr().err

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
                    help="judge prompts by greedy decoding every K steps")
     b.add_argument("--time-limit", type=float, default=None,
                    help="wall seconds per row (a batch of b rows gets b times this)")
+    b.add_argument("--prefix", default=None, metavar="TEXT",
+                   help='fixed text before every prompt, e.g. "<|im_start|>" (the BoS of '
+                        "the default model); default none, as in the paper's protocol")
     b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the grid's cells on a Ray cluster: HOST:PORT, ray://HOST:PORT or "
                         "auto; without ADDRESS $RAY_ADDRESS, else a local cluster on this "
@@ -70,7 +73,7 @@ def run(args) -> int:
         prompt_lengths=int_list(args.prompt_lengths, "--prompt-lengths"),
         budgets=int_list(args.budgets, "--budgets"), seeds=int_list(args.seeds, "--seeds"),
         targets_file=args.targets_file, batch_size=args.batch_size, eval_every=args.eval_every,
-        time_limit=args.time_limit,
+        time_limit=args.time_limit, prefix=args.prefix,
         device=args.device, dtype=args.dtype,
     )
     spec = load_spec(args.preset, args.config, **overrides)

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from dlmi.errors import UsageError
-from dlmi.evaluation.cells import Cell, method_config, run_cell
+from dlmi.evaluation.cells import Cell, method_config, prefix_ids, run_cell
 from dlmi.evaluation.results_io import append_row, read_rows, row_key
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,10 @@ class BenchSpec:
     # Wall seconds per row: a batch of b rows stops after b * time_limit (rows share its steps),
     # so methods can be compared at equal time. None: steps alone bound the run.
     time_limit: float | None = None
+    # Fixed text before every prompt, e.g. "<|im_start|>" (the default model's BoS, which
+    # Algorithm 2's targets start from). Rows record its ids as prefix_ids; one rows file
+    # holds one prefix. None: the prompt opens the sequence, as in the paper's protocol.
+    prefix: str | None = None
     method_options: dict[str, dict] = field(default_factory=dict)  # per method config fields
     device: str | None = None
     dtype: str | None = None
@@ -194,7 +198,7 @@ def plan(spec: BenchSpec, targets: list[dict], done: set[tuple]) -> list[Cell]:
     for method in spec.methods:
         for n in spec.prompt_lengths:
             grid = Cell(method, spec.model, n, method_config(spec, method, n),
-                        [(t, s) for t in targets for s in spec.seeds])
+                        [(t, s) for t in targets for s in spec.seeds], prefix=spec.prefix)
             pending = grid.without(done).rows
             for start in range(0, len(pending), spec.batch_size):
                 chunk = pending[start:start + spec.batch_size]
@@ -212,6 +216,14 @@ def check_spec(spec: BenchSpec) -> None:
         from dlmi.evaluation.target_file import read_target_file
 
         read_target_file(spec.targets_file)
+
+
+def check_prefix(out: str | Path, ids: list[int]) -> None:
+    """Resuming rows made after another prefix would mix two protocols in one file."""
+    for row in read_rows(Path(out)):
+        if "target_id" in row and list(row.get("prefix_ids") or []) != ids:
+            raise UsageError(f"{out} holds rows made with prefix ids {row.get('prefix_ids')}, "
+                             f"this grid uses {ids}: write to another --out")
 
 
 class RowWriter:
@@ -256,10 +268,12 @@ def run_bench(spec: BenchSpec, out: str | Path, lm=None,
 
         file_targets = read_target_file(spec.targets_file) if spec.targets_file else None
         with RayGrid(spec.executor.ray, spec.model, spec.device, spec.dtype) as grid:
+            check_prefix(out, grid.call(prefix_ids, spec.prefix))
             targets = grid.call(targets_with_perplexity, spec, file_targets)
             grid.run(plan(spec, targets, writer.done), writer, writer.done, on_cell)
         return writer.written
     lm = lm or load_model(spec.model, device=spec.device, dtype=spec.dtype)
+    check_prefix(out, prefix_ids(lm, spec.prefix))
     for cell in plan(spec, targets_with_perplexity(lm, spec), writer.done):
         if on_cell:
             on_cell(cell)

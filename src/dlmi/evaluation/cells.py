@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dlmi.errors import UsageError
+
 
 @dataclass
 class Cell:
@@ -19,6 +21,7 @@ class Cell:
     config: Any  # the method's config dataclass, built and checked on the driver
     rows: list[tuple[dict, int]]  # (target row, seed); target rows carry target_perplexity
     time_limit: float | None = None  # wall seconds for the whole batch, None: steps alone
+    prefix: str | None = None  # fixed text before every prompt (BenchSpec.prefix)
 
     def keys(self) -> list[tuple]:
         """row_key of each row the cell writes, in order."""
@@ -43,6 +46,16 @@ def method_config(spec, method: str, prompt_length: int):
                         hint=lambda name: f"--set {method}.{name}=VALUE (or method_options)")
 
 
+def prefix_ids(lm, prefix: str | None) -> list[int]:
+    """The ids of a bench prefix (special tokens such as "<|im_start|>" included)."""
+    if prefix is None:
+        return []
+    ids = lm.encode(prefix)
+    if not ids:
+        raise UsageError(f"prefix {prefix!r} encodes to no tokens: give non-empty text")
+    return ids
+
+
 def run_cell(lm, cell: Cell, emit: Callable[[dict], None],
              on_step: Callable | None = None, provenance: dict | None = None) -> None:
     """Invert the cell's targets as one batch; emit(row) as each target is done.
@@ -64,7 +77,8 @@ def run_cell(lm, cell: Cell, emit: Callable[[dict], None],
 
     results = run_inversion(lm, [t["target_ids"] for t, _ in cell.rows], method=cell.method,
                             config=dataclasses.replace(cell.config, time_limit=cell.time_limit),
-                            seeds=[s for _, s in cell.rows], callback=on_step, on_result=save)
+                            seeds=[s for _, s in cell.rows], callback=on_step, on_result=save,
+                            prefix_ids=prefix_ids(lm, cell.prefix) or None)
     if any(r.interrupted for r in results):
         raise KeyboardInterrupt
 
