@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dlmi.cli import main
-from dlmi.evaluation.bench import load_spec, run_bench
 from dlmi.errors import UsageError
+from dlmi.evaluation.bench import load_spec, run_bench
 from dlmi.evaluation.results_io import read_rows, row_key
 
 GRID = dict(model="tiny-random", methods=["dlmi", "random"], prompt_lengths=[4],
