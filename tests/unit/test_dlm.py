@@ -111,6 +111,31 @@ def test_margin_loss_is_negative_exactly_where_the_target_wins():
     assert masked.item() == -0.5
 
 
+def test_prefix_margin_loss_credits_won_positions_only_before_the_first_miss():
+    from dlmi.model.dlm import masked_margin_loss
+
+    # Positions 0 and 2 won by 1, position 1 lost by 2 (V = 3).
+    logits = torch.tensor([[[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, 1.0]]])
+    target = torch.tensor([[0, 2, 2]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    # cw credits position 2 (-1); cw-prefix does not: greedy decoding never reaches it.
+    assert masked_margin_loss(logits, target, mask, 1.0).item() == 0.0
+    assert masked_margin_loss(logits, target, mask, 1.0, prefix=True).item() == pytest.approx(1 / 3)
+    # Once position 1 is won, the prefix runs to the end and both losses agree.
+    fixed = logits.clone()
+    fixed[0, 1, 2] = 4.0
+    assert (masked_margin_loss(fixed, target, mask, 1.0, prefix=True).item()
+            == masked_margin_loss(fixed, target, mask, 1.0).item() == -1.0)
+    # A masked-out miss does not end the prefix.
+    skip = torch.tensor([[True, False, True]])
+    assert masked_margin_loss(logits, target, skip, 1.0, prefix=True).item() == -1.0
+    # The gradient still reaches the positions after the miss while they lose.
+    lost = logits.clone().requires_grad_()
+    later = torch.tensor([[0, 2, 0]])
+    masked_margin_loss(lost, later, mask, 1.0, prefix=True).backward()
+    assert lost.grad[0, 2].abs().sum() > 0
+
+
 def test_subnormals_are_flushed_during_a_run_only():
     from dlmi.model.numerics import subnormals_flushed
 

@@ -95,7 +95,8 @@ class DLMISearchConfig(GumbelPromptConfig):
     # loss max(-cw_margin, best other logit - target logit) per position (as Faster-GCG),
     # which stops paying for positions already won and so targets greedy success.
     objective: str = opt(
-        "cw", "loss of the gradient and the search: cw (margin) or ce", "measured")
+        "cw", "loss of the gradient and the search: cw (margin), cw-prefix (margin credited "
+        "only up to the first missed position) or ce", "measured")
     cw_margin: float = opt(1.0, "cw only: a position won by this many logits earns nothing more")
     # Iterated local search: after this many steps in which the best prompt did not improve,
     # the search restarts from the best prompt with `restart_swaps` random changes drawn from
