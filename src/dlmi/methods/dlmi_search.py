@@ -93,11 +93,14 @@ class DLMISearchConfig(GumbelPromptConfig):
         True, "a swap that scored no better leaves Z's top tokens", 'measured')
     # The loss of the gradient step and of the search: "ce" cross-entropy, or "cw" the margin
     # loss max(-cw_margin, best other logit - target logit) per position (as Faster-GCG),
-    # which stops paying for positions already won and so targets greedy success.
+    # which stops paying for positions already won and so targets greedy success; "cw-prefix"
+    # (the default) credits a won position only before the first miss, as greedy decoding
+    # never reaches the positions after it: the search fixes the first miss first.
     objective: str = opt(
-        "cw", "loss of the gradient and the search: cw (margin), cw-prefix (margin credited "
+        "cw-prefix", "loss of the gradient and the search: cw (margin), cw-prefix (margin credited "
         "only up to the first missed position) or ce", "measured")
-    cw_margin: float = opt(1.0, "cw only: a position won by this many logits earns nothing more")
+    cw_margin: float = opt(
+        1.0, "cw, cw-prefix: a position won by this many logits earns nothing more")
     # Iterated local search: after this many steps in which the best prompt did not improve,
     # the search restarts from the best prompt with `restart_swaps` random changes drawn from
     # Z's top tokens, to leave a basin single swaps cannot (0: never).
