@@ -195,7 +195,7 @@ def test_a_config_selects_its_method_and_no_config_the_default(tiny_lm):
     assert gcg.method == "gcg"
 
 
-@pytest.mark.parametrize("objective", ["ce", "cw", "cw-prefix"])
+@pytest.mark.parametrize("objective", ["ce", "cw", "cw-prefix", "cw-first"])
 def test_each_objective_is_the_loss_the_search_reports(tiny_lm, objective):
     # The loss a run reports is its objective of its best hard prompt, recomputed here.
     target = hidden_prompt_target(tiny_lm, 101, prompt_len=6, target_len=8)

@@ -120,19 +120,25 @@ def test_prefix_margin_loss_credits_won_positions_only_before_the_first_miss():
     mask = torch.ones(1, 3, dtype=torch.bool)
     # cw credits position 2 (-1); cw-prefix does not: greedy decoding never reaches it.
     assert masked_margin_loss(logits, target, mask, 1.0).item() == 0.0
-    assert masked_margin_loss(logits, target, mask, 1.0, prefix=True).item() == pytest.approx(1 / 3)
+    prefix = masked_margin_loss(logits, target, mask, 1.0, after_miss=1.0)
+    assert prefix.item() == pytest.approx(1 / 3)
     # Once position 1 is won, the prefix runs to the end and both losses agree.
     fixed = logits.clone()
     fixed[0, 1, 2] = 4.0
-    assert (masked_margin_loss(fixed, target, mask, 1.0, prefix=True).item()
+    assert (masked_margin_loss(fixed, target, mask, 1.0, after_miss=1.0).item()
             == masked_margin_loss(fixed, target, mask, 1.0).item() == -1.0)
+    # cw-first leaves the positions after the miss out while they lose: the first miss alone.
+    later = torch.tensor([[0, 2, 0]])
+    assert masked_margin_loss(logits, later, mask, 1.0, after_miss=0.0).item() == pytest.approx(
+        1 / 3)
+    assert masked_margin_loss(logits, later, mask, 1.0, after_miss=1.0).item() == pytest.approx(
+        2 / 3)
     # A masked-out miss does not end the prefix.
     skip = torch.tensor([[True, False, True]])
-    assert masked_margin_loss(logits, target, skip, 1.0, prefix=True).item() == -1.0
+    assert masked_margin_loss(logits, target, skip, 1.0, after_miss=1.0).item() == -1.0
     # The gradient still reaches the positions after the miss while they lose.
     lost = logits.clone().requires_grad_()
-    later = torch.tensor([[0, 2, 0]])
-    masked_margin_loss(lost, later, mask, 1.0, prefix=True).backward()
+    masked_margin_loss(lost, later, mask, 1.0, after_miss=1.0).backward()
     assert lost.grad[0, 2].abs().sum() > 0
 
 

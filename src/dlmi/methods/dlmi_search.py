@@ -95,12 +95,14 @@ class DLMISearchConfig(GumbelPromptConfig):
     # loss max(-cw_margin, best other logit - target logit) per position (as Faster-GCG),
     # which stops paying for positions already won and so targets greedy success; "cw-prefix"
     # (the default) credits a won position only before the first miss, as greedy decoding
-    # never reaches the positions after it: the search fixes the first miss first.
+    # never reaches the positions after it: the search fixes the first miss first; "cw-first"
+    # leaves those positions out altogether until they are reached.
     objective: str = opt(
         "cw-prefix", "loss of the gradient and the search: cw (margin), cw-prefix (margin credited "
-        "only up to the first missed position) or ce", "measured")
+        "only up to the first missed position), cw-first (the positions up to the first miss "
+        "alone) or ce", "measured")
     cw_margin: float = opt(
-        1.0, "cw, cw-prefix: a position won by this many logits earns nothing more")
+        1.0, "cw, cw-prefix, cw-first: a position won by this many logits earns nothing more")
     # Iterated local search: after this many steps in which the best prompt did not improve,
     # the search restarts from the best prompt with `restart_swaps` random changes drawn from
     # Z's top tokens, to leave a basin single swaps cannot (0: never).

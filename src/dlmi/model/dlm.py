@@ -547,36 +547,42 @@ def masked_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor,
 
 
 def masked_margin_loss(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
-                       margin: float = 1.0, prefix: bool = False) -> torch.Tensor:
+                       margin: float = 1.0, after_miss: float | None = None) -> torch.Tensor:
     """Mean over scored positions of max(-margin, best other logit - target logit), per row
     (the Carlini-Wagner loss, as Faster-GCG uses it). logits (B, M, V) -> (B,).
 
     Negative exactly where the target token is the argmax, so it ranks prompts by the positions
-    greedy decoding misses; a position won by `margin` earns nothing more. With `prefix`, a
-    won position earns its credit only before the first missed one: greedy decoding never
-    reaches the positions after a miss, so winning them under teacher forcing is worth nothing
-    yet (max(0, .) there), and fixing the first miss pays for every won position behind it."""
+    greedy decoding misses; a position won by `margin` earns nothing more. With `after_miss`
+    w, a won position earns its credit only before the first missed one: greedy decoding
+    never reaches the positions after a miss, so winning them under teacher forcing is worth
+    nothing yet, and fixing the first miss pays for every won position behind it. There a
+    position costs w * max(0, margin term): w = 1 still pays for losing them, w = 0 leaves
+    them out until they are reached (a curriculum over the target)."""
     logits = logits.float()
     target = logits.gather(-1, target_ids[..., None])[..., 0]  # (B, M)
     other = logits.scatter(-1, target_ids[..., None], float("-inf")).amax(-1)  # (B, M)
     per_position = (other - target).clamp_min(-margin)
-    if prefix:
+    if after_miss is not None:
         with torch.no_grad():  # a step function of the logits: no gradient
             won = (logits.argmax(-1) == target_ids) | ~mask.bool()  # (B, M)
             # Positions up to and including the first miss (that one is positive anyway).
             reached = torch.cat([torch.ones_like(won[:, :1]), won[:, :-1]], 1).cumprod(1)
-        per_position = torch.where(reached.bool(), per_position, per_position.clamp_min(0.0))
+        per_position = torch.where(reached.bool(), per_position,
+                                   after_miss * per_position.clamp_min(0.0))
     mask = mask.to(per_position.dtype)
     return (per_position * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
-OBJECTIVES = ("ce", "cw", "cw-prefix")
+# The margin losses and their weight on the positions after the first miss (None: no prefix).
+MARGIN_OBJECTIVES = {"cw": None, "cw-prefix": 1.0, "cw-first": 0.0}
+OBJECTIVES = ("ce", *MARGIN_OBJECTIVES)
 
 
 def target_loss(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
                 objective: str = "ce", margin: float = 1.0) -> torch.Tensor:
     """The per-row loss a search minimises: "ce" cross-entropy, "cw" the margin loss,
-    "cw-prefix" the margin loss crediting won positions only up to the first miss."""
-    if objective in ("cw", "cw-prefix"):
-        return masked_margin_loss(logits, target_ids, mask, margin, objective == "cw-prefix")
+    "cw-prefix" the margin loss crediting won positions only up to the first miss, "cw-first"
+    the margin loss of the positions up to the first miss alone."""
+    if objective in MARGIN_OBJECTIVES:
+        return masked_margin_loss(logits, target_ids, mask, margin, MARGIN_OBJECTIVES[objective])
     return masked_cross_entropy(logits, target_ids, mask)
