@@ -354,8 +354,61 @@ def test_model_swaps_take_the_models_next_tokens_and_are_not_forgotten(tiny_lm, 
 def test_shares_of_special_swaps_above_one_are_a_usage_error():
     from dlmi.errors import UsageError
 
-    with pytest.raises(UsageError, match="pairs \\+ from_target \\+ from_lm must be at most 1"):
+    with pytest.raises(UsageError, match="pairs \\+ from_target \\+ from_lm \\+ copy_target"):
         DLMISearchConfig(pairs=0.5, from_lm=0.6)
+    with pytest.raises(UsageError, match="must be at most 1, got 1.1"):
+        DLMISearchConfig(from_lm=0.6, copy_target=0.5)
+    with pytest.raises(UsageError, match="copy_target needs the anchor"):
+        DLMISearchConfig(copy_target=0.5, anchor=False)
+
+
+def _copied_at(row, span, incumbent, offset) -> bool:
+    """Whether row (N,) holds span at offset and the incumbent (N,) everywhere else."""
+    rest = torch.ones_like(row, dtype=torch.bool)
+    rest[offset:offset + len(span)] = False
+    return (torch.equal(row[offset:offset + len(span)], span)
+            and torch.equal(row[rest], incumbent[rest]))
+
+
+def test_copy_swaps_write_the_target_up_to_its_first_miss(tiny_lm, monkeypatch):
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    copied = []
+    real_copy = DLMISearch._copy_target
+
+    def spy(self, cand, incumbent, batch, anchor_argmax):
+        real_copy(self, cand, incumbent, batch, anchor_argmax)
+        copied.append((cand.clone(), incumbent.clone(), batch.target_ids.clone(),
+                       anchor_argmax.clone()))
+
+    monkeypatch.setattr(DLMISearch, "_copy_target", spy)
+    proposed, forgotten = _spy_proposals(monkeypatch)
+    list(_drive(tiny_lm, 4, swaps=8, pairs=0.25, copy_target=0.5, copy_length=3))
+    dlm = DifferentiableLM(tiny_lm)
+    checked = 0
+    for cand, incumbent, target, argmax in copied:
+        miss = (argmax[0] != target[0]).nonzero()
+        if not len(miss):
+            continue
+        f = int(miss[0])
+        span = target[0, max(0, f - 2):f + 1]  # the last 3 tokens up to the miss
+        # Whether the anchor's argmax is the model's: the incumbent, teacher-forced.
+        hits = dlm.teacher_forced_hits(incumbent, target)
+        assert (hits[0] == (argmax[0] == target[0])).all()
+        for w in range(2, 6):  # after the 2 paired swaps, 4 copies
+            row = cand[0, w]
+            assert any(_copied_at(row, span, incumbent[0], o)
+                       for o in range(4 - len(span) + 1)), (row, span, incumbent)
+            checked += 1
+    assert checked
+    assert not torch.stack(forgotten)[..., :6].any()  # pairs and copies are never forgotten
+
+
+def test_copy_swaps_respect_no_target_tokens(tiny_lm):
+    target = hidden_prompt_target(tiny_lm, 5, prompt_len=4, target_len=6)
+    r = dlmi.invert(tiny_lm, target, method="dlmi-search", prompt_length=4, steps=6,
+                    swaps=8, copy_target=1.0, no_target_tokens=True, early_stop=False)
+    assert not set(r.prompt_ids) & set(target)
 
 
 def _revisits(lm, tabu: int, window: int) -> int:

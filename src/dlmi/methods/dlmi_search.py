@@ -74,6 +74,14 @@ class DLMISearchConfig(GumbelPromptConfig):
     # token, which nothing before it predicts without fixed text, falls back to Z.
     from_lm: float = opt(0.0, "share of the swaps whose new token is one of the model's top_k "
                          "predictions there, given the prompt before it")
+    # Induction: a model that has read "career and" in its context is likelier to say " and"
+    # after "career" again. The round(copy_target * swaps) swaps after the paired ones write
+    # the target's last `copy_length` tokens up to the incumbent's first missed position (the
+    # miss included) at a random place in the prompt; the tokens the prompt vocabulary bans
+    # are never written (none under no_target_tokens). Raises the cheating check's overlap.
+    copy_target: float = opt(0.0, "share of the swaps that copy the target's tokens up to its "
+                             "first missed position into the prompt (needs the anchor)")
+    copy_length: int = opt(2, "copy_target: target tokens copied, ending at the first miss")
     row_adam: bool = opt(True, "Z's Adam keeps one second moment per position: Z ranks tokens")
     # Steps without a better prompt before the search moves to the step's best proposal
     # anyway, to leave a local minimum (1: as GCG, which moves every step); the best so far
@@ -127,7 +135,8 @@ class DLMISearchConfig(GumbelPromptConfig):
         _at_least(self, "restart_after", 0)
         _at_least(self, "restart_swaps", 1)
         _at_least(self, "merge", 0)
-        for name in ("pairs", "from_target", "from_lm"):
+        _at_least(self, "copy_length", 1)
+        for name in ("pairs", "from_target", "from_lm", "copy_target"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be between 0 and 1, got {getattr(self, name)}: "
                                  f"change --set {name}=VALUE")
@@ -140,12 +149,16 @@ class DLMISearchConfig(GumbelPromptConfig):
         if self.proposal not in PROPOSALS:
             raise UsageError(f"proposal must be one of {', '.join(PROPOSALS)}, "
                              f"got {self.proposal!r}: change --set proposal=VALUE")
-        if self.pairs + self.from_target + self.from_lm > 1.0:
-            raise UsageError("pairs + from_target + from_lm must be at most 1, got "
-                             f"{self.pairs + self.from_target + self.from_lm:g}: lower one")
+        shares = self.pairs + self.from_target + self.from_lm + self.copy_target
+        if shares > 1.0:
+            raise UsageError("pairs + from_target + from_lm + copy_target must be at most 1, "
+                             f"got {shares:g}: lower one")
         if self.proposal != "z" and not self.anchor:
             raise UsageError("gradient proposals need the anchor: set --set anchor=true "
                              "or --set proposal=z")
+        if self.copy_target and not self.anchor:
+            raise UsageError("copy_target needs the anchor (it reads the incumbent's first "
+                             "miss): set --set anchor=true or --set copy_target=0")
 
 
 def top_k_pick(scores: torch.Tensor, pos: torch.Tensor, pick: torch.Tensor,
@@ -210,10 +223,12 @@ class DLMISearch(DLMI):
                 exacts = [state.incumbent_exact[:, None], sample_exact]
             if cfg.swaps:
                 cand, pos, tokens = self._propose(state, batch, grad)  # (B, W, N), (B, W) x2
+                if self._copies():
+                    self._copy_target(cand, state.incumbent, batch, train_argmax)
                 cand_loss, cand_exact = self._score(state.incumbent, cand, batch)
-                # Two-position moves neither leave Z's top tokens nor merge: their first
-                # token is not to blame alone.
-                single = torch.arange(cfg.swaps, device=dev) >= self._paired()  # (W,)
+                # Two-position moves and copies neither leave Z's top tokens nor merge: their
+                # first token is not to blame alone.
+                single = torch.arange(cfg.swaps, device=dev) >= self._paired() + self._copies()
                 from_z = (torch.arange(cfg.swaps, device=dev)
                           < cfg.swaps - self._targeted() - self._fluent())
                 if cfg.forget_rejected and cfg.proposal != "gradient":
@@ -402,6 +417,32 @@ class DLMISearch(DLMI):
                 choice = torch.multinomial(ok[b].float(), T, replacement=True, generator=g)
                 out[b] = local[b, choice]
         return out
+
+    def _copies(self) -> int:
+        """How many of a step's swaps (after the paired ones) copy target tokens."""
+        return round(self.config.copy_target * self.config.swaps)
+
+    def _copy_target(self, cand: torch.Tensor, incumbent: torch.Tensor, batch: Batch,
+                     anchor_argmax: torch.Tensor) -> None:
+        """Overwrite the copy proposals of cand (B, W, N), in place, with the incumbent (B, N) plus
+        the target's last copy_length tokens up to its first missed position (from the
+        anchor's teacher-forced argmax (B, M)) written at a uniform offset. A row whose span
+        holds a token the prompt vocabulary bans keeps its single swaps."""
+        B, W, N = cand.shape
+        local, ok = self.dlm.allowed_local_ids(batch.target_ids)  # (B, M) x2
+        missed = (anchor_argmax != batch.target_ids) & batch.mask  # (B, M)
+        first = missed.int().argmax(1).tolist()  # (B,) 0 for a row without a miss
+        start, C = self._paired(), self._copies()
+        for b, g in enumerate(batch.generators):
+            lo = max(0, first[b] - self.config.copy_length + 1, first[b] + 1 - N)
+            span = local[b, lo:first[b] + 1]  # (L,)
+            if not bool(missed[b].any()) or not bool(ok[b, lo:first[b] + 1].all()):
+                continue
+            L = span.shape[0]
+            offsets = torch.randint(N - L + 1, (C,), generator=g, device=g.device).tolist()
+            for j, o in enumerate(offsets):
+                cand[b, start + j] = incumbent[b]
+                cand[b, start + j, o:o + L] = span
 
     def _paired(self) -> int:
         """How many of a step's swaps (the first ones) change two positions."""
