@@ -32,7 +32,7 @@ from dlmi.errors import UsageError
 from dlmi.methods.base import Batch, StepOutput, _at_least, per_row
 from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
 from dlmi.methods.registry import register
-from dlmi.model.dlm import OBJECTIVES, target_loss
+from dlmi.model.dlm import OBJECTIVES, target_loss, won_positions
 from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 
@@ -326,7 +326,7 @@ class DLMISearch(DLMI):
         state.optimizer.step()
         with torch.no_grad():
             argmax = logits.detach().argmax(-1)  # (B*S, M)
-            exact = ((argmax == targets) | ~mask).all(1).view(B, S)
+            exact = won_positions(argmax, targets, mask).all(1).view(B, S)
             grad = None
             if wants_grad:  # (B, N, V), times S to undo the mean over samples
                 grad = (p.grad.view(B, S, N, V)[:, 0] if p is not None else
@@ -430,7 +430,7 @@ class DLMISearch(DLMI):
         holds a token the prompt vocabulary bans keeps its single swaps."""
         B, W, N = cand.shape
         local, ok = self.dlm.allowed_local_ids(batch.target_ids)  # (B, M) x2
-        missed = (anchor_argmax != batch.target_ids) & batch.mask  # (B, M)
+        missed = ~won_positions(anchor_argmax, batch.target_ids, batch.mask)  # (B, M)
         first = missed.int().argmax(1).tolist()  # (B,) 0 for a row without a miss
         start, C = self._paired(), self._copies()
         for b, g in enumerate(batch.generators):

@@ -522,11 +522,18 @@ class DifferentiableLM:
         return mask.reshape(B, KM)
 
 
+def won_positions(argmax: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor
+                  ) -> torch.Tensor:
+    """Target positions whose teacher-forced argmax (R, M) is the target token, unscored ones
+    (mask (R, M) False) counted as won: (R, M) bool."""
+    return (argmax == target_ids) | ~mask.bool()
+
+
 def proven_exact(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor
                  ) -> torch.Tensor:
     """Teacher-forced logits (R, M, V) whose argmax is the target token at every scored
     position (mask (R, M)): greedy decoding then reproduces the target. -> (R,) bool."""
-    return ((logits.argmax(-1) == target_ids) | ~mask).all(1)
+    return won_positions(logits.argmax(-1), target_ids, mask).all(1)
 
 
 def _one_more(mask: torch.Tensor, positions: torch.Tensor):
@@ -564,7 +571,7 @@ def masked_margin_loss(logits: torch.Tensor, target_ids: torch.Tensor, mask: tor
     per_position = (other - target).clamp_min(-margin)
     if after_miss is not None:
         with torch.no_grad():  # a step function of the logits: no gradient
-            won = (logits.argmax(-1) == target_ids) | ~mask.bool()  # (B, M)
+            won = won_positions(logits.argmax(-1), target_ids, mask)  # (B, M)
             # Positions up to and including the first miss (that one is positive anyway).
             reached = torch.cat([torch.ones_like(won[:, :1]), won[:, :-1]], 1).cumprod(1)
         per_position = torch.where(reached.bool(), per_position,
