@@ -424,25 +424,26 @@ class DLMISearch(DLMI):
 
     def _copy_target(self, cand: torch.Tensor, incumbent: torch.Tensor, batch: Batch,
                      anchor_argmax: torch.Tensor) -> None:
-        """Overwrite the copy proposals of cand (B, W, N), in place, with the incumbent (B, N) plus
-        the target's last copy_length tokens up to its first missed position (from the
-        anchor's teacher-forced argmax (B, M)) written at a uniform offset. A row whose span
-        holds a token the prompt vocabulary bans keeps its single swaps."""
-        B, W, N = cand.shape
+        """Overwrite the copy proposals of cand (B, W, N), in place, with the incumbent (B, N)
+        plus the target's last copy_length tokens up to its first missed position (from the
+        anchor's teacher-forced argmax (B, M)) written at a uniform offset. A row without a
+        miss, or whose span holds a token the prompt vocabulary bans, keeps its single swaps."""
+        N = cand.shape[2]
         local, ok = self.dlm.allowed_local_ids(batch.target_ids)  # (B, M) x2
         missed = ~won_positions(anchor_argmax, batch.target_ids, batch.mask)  # (B, M)
         first = missed.int().argmax(1).tolist()  # (B,) 0 for a row without a miss
         start, C = self._paired(), self._copies()
         for b, g in enumerate(batch.generators):
-            lo = max(0, first[b] - self.config.copy_length + 1, first[b] + 1 - N)
-            span = local[b, lo:first[b] + 1]  # (L,)
-            if not bool(missed[b].any()) or not bool(ok[b, lo:first[b] + 1].all()):
+            span = slice(max(0, first[b] - self.config.copy_length + 1, first[b] + 1 - N),
+                         first[b] + 1)  # at most N target positions, ending at the miss
+            if not bool(missed[b].any()) or not bool(ok[b, span].all()):
                 continue
-            L = span.shape[0]
+            tokens = local[b, span]  # (L,)
+            L = tokens.shape[0]
             offsets = torch.randint(N - L + 1, (C,), generator=g, device=g.device).tolist()
             for j, o in enumerate(offsets):
                 cand[b, start + j] = incumbent[b]
-                cand[b, start + j, o:o + L] = span
+                cand[b, start + j, o:o + L] = tokens
 
     def _paired(self) -> int:
         """How many of a step's swaps (the first ones) change two positions."""
