@@ -426,3 +426,85 @@ def _revisits(lm, tabu: int, window: int) -> int:
 def test_tabu_moves_never_return_to_recent_incumbents(tiny_lm):
     assert _revisits(tiny_lm, tabu=0, window=3) > 0  # without it, the search oscillates
     assert _revisits(tiny_lm, tabu=3, window=3) == 0
+
+
+def test_a_beam_holds_the_best_distinct_prompts_with_their_real_losses(tiny_lm):
+    dlm = DifferentiableLM(tiny_lm)
+    target = torch.tensor([hidden_prompt_target(tiny_lm, 9, target_len=8)])
+    mask = torch.ones_like(target, dtype=torch.bool)
+    best = []
+    for state in _drive(tiny_lm, 8, swaps=8, beam=3):
+        beam = state.beam[0]  # (3, N)
+        assert len({tuple(p.tolist()) for p in beam}) == 3  # distinct
+        assert torch.equal(state.incumbent[0], beam[0])
+        loss, _ = dlm.hard_losses(beam, target.expand(3, -1), mask.expand(3, -1),
+                                  objective="cw-prefix")
+        assert torch.allclose(loss, state.beam_loss[0], atol=1e-4)
+        assert (loss[:-1] <= loss[1:] + 1e-6).all()  # best first
+        best.append(float(state.best_loss[0]))
+    assert all(b <= a for a, b in zip(best[:-1], best[1:], strict=True))
+
+
+def test_beam_swaps_change_each_member_in_turn(tiny_lm, monkeypatch):
+    proposed, _ = _spy_proposals(monkeypatch)
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    members = []
+    real = DLMISearch._score
+
+    def spy(self, bases, cand, batch, parents=None):
+        members.append((bases.clone(), cand.clone()))
+        return real(self, bases, cand, batch, parents)
+
+    monkeypatch.setattr(DLMISearch, "_score", spy)
+    list(_drive(tiny_lm, 4, swaps=6, beam=3))
+    assert len(members) == 4
+    for bases, cand in members[1:]:  # from step 2 on, the beam holds 3 distinct prompts
+        for w in range(6):
+            assert (cand[0, w] != bases[0, w % 3]).sum() <= 1
+
+
+def test_beam_finds_the_hidden_prompt(tiny_lm):
+    target = hidden_prompt_target(tiny_lm, 100, prompt_len=6, target_len=8)
+    r = dlmi.invert(tiny_lm, target, method="dlmi-search", prompt_length=6, steps=400, beam=4)
+    assert r.exact_match and r.output_ids == target
+
+
+@pytest.mark.parametrize("options, fix", [({"beam": 40}, "swaps=40"),
+                                          ({"beam": 2, "tabu": 3}, "tabu=0")])
+def test_a_beam_it_cannot_run_is_a_usage_error(options, fix):
+    from dlmi.errors import UsageError
+
+    with pytest.raises(UsageError, match=fix):
+        DLMISearchConfig(prompt_length=4, **options)
+
+
+def test_search_overlap_is_the_cheating_checks(tiny_lm):
+    from dlmi.methods.base import Batch
+    from dlmi.methods.dlmi_search import DLMISearch
+    from dlmi.metrics import overlap_rate
+
+    method = DLMISearch(DLMISearchConfig(prompt_length=5), DifferentiableLM(tiny_lm))
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(3, 12, (2, 6), generator=g)
+    target[1, -2:] = tiny_lm.eos_token_id  # EoS padding is not counted
+    batch = Batch(target, torch.ones_like(target, dtype=torch.bool),
+                  row_generators([0, 1], torch.device("cpu")))
+    pool = torch.randint(3, 12, (2, 7, 5), generator=g)
+    got = method._overlap(pool, batch)
+    want = [[overlap_rate(pool[b, k].tolist(), target[b].tolist(), [tiny_lm.eos_token_id])
+             for k in range(7)] for b in range(2)]
+    assert torch.allclose(got, torch.tensor(want))
+    assert 0 < got.min() and got.max() < 1  # the pool mixes overlaps
+
+
+def test_max_overlap_bounds_what_target_swaps_put_in_the_prompt(tiny_lm):
+    from dlmi.metrics import overlap_rate
+
+    target = hidden_prompt_target(tiny_lm, 5, prompt_len=4, target_len=6)
+    options = dict(method="dlmi-search", prompt_length=4, steps=6, swaps=8, from_target=1.0,
+                   early_stop=False)
+    free = dlmi.invert(tiny_lm, target, **options)
+    capped = dlmi.invert(tiny_lm, target, max_overlap=0.2, **options)
+    assert overlap_rate(free.prompt_ids, target) > 0.2  # target swaps fill the prompt
+    assert overlap_rate(capped.prompt_ids, target) <= 0.2

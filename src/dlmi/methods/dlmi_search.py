@@ -19,6 +19,7 @@ each step here
      without improvement, to the best proposal anyway (with `tabu`, not back to a recent
      incumbent); keeps the best prompt so far and reports it solved as soon as its argmax
      hits every target position, which proves that greedy decoding reproduces the target.
+     With `beam` P > 1 it stands on the P best distinct prompts instead, sharing the swaps.
 The runner still judges every prompt by greedy decoding.
 """
 
@@ -82,6 +83,11 @@ class DLMISearchConfig(GumbelPromptConfig):
     copy_target: float = opt(0.0, "share of the swaps that copy the target's tokens up to its "
                              "first missed position into the prompt (needs the anchor)")
     copy_length: int = opt(2, "copy_target: target tokens copied, ending at the first miss")
+    # The paper's cheating check reads the share of the target's tokens found in the prompt
+    # (below 20% for every method it reports). A prompt above this share is never kept, so
+    # copies and target swaps can help without the prompt spelling the target out.
+    max_overlap: float = opt(1.0, "largest share of the target's tokens the kept prompts may "
+                             "contain, as the cheating check counts them (1: no limit)")
     row_adam: bool = opt(True, "Z's Adam keeps one second moment per position: Z ranks tokens")
     # Steps without a better prompt before the search moves to the step's best proposal
     # anyway, to leave a local minimum (1: as GCG, which moves every step); the best so far
@@ -122,6 +128,14 @@ class DLMISearchConfig(GumbelPromptConfig):
     # positions change at once), so gains that add up are taken in one step.
     merge: int = opt(0, "best improving swaps at distinct positions combined into one more "
                      "candidate per step (0: off; 4 measured no gain, sweep2-merge4)")
+    # Beam search: the search stands on the `beam` best distinct prompts instead of one, and
+    # their single swaps share the step's `swaps` (in turn; copies are the incumbent's). A lone
+    # incumbent stuck in a local minimum of single swaps (every proposal worse, as measured on
+    # stalled tuning rows) can only walk on; a beam keeps the runners-up, whose neighbours
+    # may lead elsewhere. The incumbent is the beam's best, the gradient's anchor. A stalled
+    # step (patience) moves the whole beam to the best distinct proposals.
+    beam: int = opt(1, "distinct prompts the search stands on, sharing the swaps "
+                    "(1: one incumbent)")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
 
     def __post_init__(self):
@@ -136,7 +150,16 @@ class DLMISearchConfig(GumbelPromptConfig):
         _at_least(self, "restart_swaps", 1)
         _at_least(self, "merge", 0)
         _at_least(self, "copy_length", 1)
-        for name in ("pairs", "from_target", "from_lm", "copy_target"):
+        _at_least(self, "beam", 1)
+        if self.beam > 1:
+            if self.beam > self.swaps:
+                raise UsageError(f"beam ({self.beam}) needs at least as many swaps: "
+                                 f"set --set swaps={self.beam} or more, or a smaller beam")
+            for name in ("tabu", "merge", "restart_after"):
+                if getattr(self, name):
+                    raise UsageError(f"beam > 1 does not combine with {name}: "
+                                     f"set --set {name}=0 or --set beam=1")
+        for name in ("pairs", "from_target", "from_lm", "copy_target", "max_overlap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be between 0 and 1, got {getattr(self, name)}: "
                                  f"change --set {name}=VALUE")
@@ -181,6 +204,9 @@ class DLMISearchState(DLMIState):
     stall: torch.Tensor | None = None  # (B,) steps since the best last improved or a kick
     since_best: torch.Tensor | None = None  # (B,) steps since the best last improved
     recent: torch.Tensor | None = None  # (B, T, N) the last T incumbents, newest first (tabu)
+    beam: torch.Tensor | None = None  # (B, P, N) the prompts the search stands on, best first
+    beam_loss: torch.Tensor | None = None  # (B, P)
+    beam_exact: torch.Tensor | None = None  # (B, P)
 
 
 @register
@@ -212,6 +238,9 @@ class DLMISearch(DLMI):
                                                                    device=dev)
             state.stall = torch.zeros(B, dtype=torch.long, device=dev)
             state.since_best = torch.zeros(B, dtype=torch.long, device=dev)
+            state.beam = state.incumbent[:, None].repeat(1, cfg.beam, 1)
+            state.beam_loss = state.incumbent_loss[:, None].repeat(1, cfg.beam)
+            state.beam_exact = state.incumbent_exact[:, None].repeat(1, cfg.beam)
         samples, sample_loss, sample_exact, tau, train_argmax, grad = self._gradient_step(
             state, batch)
         with torch.no_grad():
@@ -221,11 +250,20 @@ class DLMISearch(DLMI):
                 pools = [state.incumbent[:, None], samples]
                 losses = [state.incumbent_loss[:, None], sample_loss]
                 exacts = [state.incumbent_exact[:, None], sample_exact]
+            # The beam's runners-up (the incumbent, its best, is already in the pool).
+            runners_at = sum(x.shape[1] for x in pools)  # their first pool index
+            if cfg.beam > 1:
+                pools.append(state.beam[:, 1:])
+                losses.append(state.beam_loss[:, 1:])
+                exacts.append(state.beam_exact[:, 1:])
             if cfg.swaps:
+                parents = self._parents(dev)  # (W,) the beam member each swap changes
                 cand, pos, tokens = self._propose(state, batch, grad)  # (B, W, N), (B, W) x2
                 if self._copies():
                     self._copy_target(cand, state.incumbent, batch, train_argmax)
-                cand_loss, cand_exact = self._score(state.incumbent, cand, batch)
+                bases = torch.cat([state.incumbent[:, None], state.beam[:, 1:]], 1)  # (B, P, N)
+                cand_loss, cand_exact = self._score(bases, cand, batch, parents)
+                base_loss = torch.cat([losses[0][:, :1], state.beam_loss[:, 1:]], 1)[:, parents]
                 # Two-position moves and copies neither leave Z's top tokens nor merge: their
                 # first token is not to blame alone.
                 single = torch.arange(cfg.swaps, device=dev) >= self._paired() + self._copies()
@@ -233,7 +271,7 @@ class DLMISearch(DLMI):
                           < cfg.swaps - self._targeted() - self._fluent())
                 if cfg.forget_rejected and cfg.proposal != "gradient":
                     self._forget(state, pos, tokens,
-                                 (cand_loss >= losses[0][:, :1]) & single & from_z)
+                                 (cand_loss >= base_loss) & single & from_z)
                 pools.append(cand)
                 losses.append(cand_loss)
                 exacts.append(cand_exact)
@@ -241,7 +279,8 @@ class DLMISearch(DLMI):
                     merged = self._merge(state.incumbent, pos, tokens,
                                          cand_loss.masked_fill(~single, float("inf")),
                                          losses[0][:, 0])  # (B, 1, N)
-                    merged_loss, merged_exact = self._score(state.incumbent, merged, batch)
+                    merged_loss, merged_exact = self._score(state.incumbent[:, None], merged,
+                                                            batch)
                     pools.append(merged)
                     losses.append(merged_loss)
                     exacts.append(merged_exact)
@@ -252,6 +291,10 @@ class DLMISearch(DLMI):
                 safe = self.dlm.round_trips(pool)  # (B, K)
                 pool_loss = pool_loss.masked_fill(~safe, float("inf"))
                 pool_exact = pool_exact & safe
+            if cfg.max_overlap < 1.0:  # nor one that holds too much of the target
+                over = self._overlap(pool, batch) > cfg.max_overlap + 1e-6  # (B, K)
+                pool_loss = pool_loss.masked_fill(over, float("inf"))
+                pool_exact = pool_exact & ~over
             # An exact prompt beats any inexact one, then the lower loss.
             key = pool_loss - pool_exact.float() * 1e9  # (B, K)
             top = key.argmin(1)
@@ -264,6 +307,16 @@ class DLMISearch(DLMI):
             kick &= pool.shape[1] > 1
             move = self._move(state, pool, key) if pool.shape[1] > 1 else top
             choice = torch.where(kick, move, top)
+            if cfg.beam > 1:  # the best distinct prompts; a kick leaves the old beam
+                old = torch.zeros(pool.shape[1], dtype=torch.bool, device=dev)  # (K,)
+                old[0] = True
+                old[runners_at:runners_at + cfg.beam - 1] = True
+                key = key.masked_fill(kick[:, None] & old, float("inf"))
+                pick = self._top_distinct(pool, key, cfg.beam)  # (B, P)
+                choice = pick[:, 0]
+                state.beam = pool.gather(1, pick[..., None].expand(-1, -1, pool.shape[2]))
+                state.beam_loss = pool_loss.gather(1, pick)
+                state.beam_exact = pool_exact.gather(1, pick)
             self._set(state, "incumbent", torch.ones_like(improved), pool[rows, choice],
                       pool_loss[rows, choice], pool_exact[rows, choice])
             if cfg.tabu:
@@ -275,6 +328,19 @@ class DLMISearch(DLMI):
                 self._restart(state, batch, state.since_best >= cfg.restart_after)
         return StepOutput(loss=state.best_loss.clone(), temperature=tau.detach().mean(1),
                           train_argmax=train_argmax, solved=state.best_exact.clone())
+
+    @staticmethod
+    def _top_distinct(pool: torch.Tensor, key: torch.Tensor, P: int) -> torch.Tensor:
+        """Indices of the P lowest-key distinct prompts of pool (B, K, N), best first, by key
+        (B, K) (ties: the lower index): (B, P); with fewer than P distinct, copies follow."""
+        K = pool.shape[1]
+        order = key.argsort(dim=1, stable=True)  # (B, K)
+        ranked = pool.gather(1, order[..., None].expand_as(pool))
+        same = (ranked[:, :, None] == ranked[:, None]).all(-1)  # (B, K, K)
+        earlier = torch.ones(K, K, dtype=torch.bool, device=pool.device).tril(-1)
+        seen = (same & earlier).any(-1)  # (B, K) a copy of a better-ranked prompt
+        rank = seen.int().argsort(dim=1, stable=True)[:, :P]  # distinct first, by key
+        return order.gather(1, rank)
 
     @staticmethod
     def _move(state: DLMISearchState, pool: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -372,7 +438,8 @@ class DLMISearch(DLMI):
             span = slice(W - T - L, W - T)
             tokens[:, span] = self._model_tokens(state.incumbent, pos[:, span], pick[:, span],
                                                  tokens[:, span])
-        cand = state.incumbent[:, None].repeat(1, W, 1)
+        bases = torch.cat([state.incumbent[:, None], state.beam[:, 1:]], 1)  # (B, P, N)
+        cand = bases[:, self._parents(dev)]  # (B, W, N)
         cand.scatter_(2, pos[..., None], tokens[..., None])
         P = self._paired()
         if P and N > 1:  # a second position, never the first one, for the first P swaps
@@ -445,6 +512,25 @@ class DLMISearch(DLMI):
                 cand[b, start + j] = incumbent[b]
                 cand[b, start + j, o:o + L] = tokens
 
+    def _parents(self, device) -> torch.Tensor:
+        """The beam member (0: the incumbent) each of a step's swaps changes: in turn, and
+        the incumbent for the copies, which read its first miss. -> (W,)"""
+        parents = torch.arange(self.config.swaps, device=device) % self.config.beam
+        parents[self._paired():self._paired() + self._copies()] = 0
+        return parents
+
+    def _overlap(self, pool: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The cheating check's overlap of each prompt of pool (B, K, N) with its row's
+        target: the share of scored target positions, EoS padding aside, whose token occurs
+        in the prompt -> (B, K), as metrics.overlap_rate counts it."""
+        local, ok = self.dlm.allowed_local_ids(batch.target_ids)  # (B, M) x2
+        counted = batch.mask.bool()
+        if self.dlm.eos_id is not None:
+            counted = counted & (batch.target_ids != self.dlm.eos_id)
+        found = (pool[:, :, :, None] == local[:, None, None]).any(2) & ok[:, None]  # (B, K, M)
+        counted = counted[:, None].float()
+        return (found * counted).sum(-1) / counted.sum(-1).clamp_min(1.0)
+
     def _paired(self) -> int:
         """How many of a step's swaps (the first ones) change two positions."""
         return round(self.config.pairs * self.config.swaps)
@@ -499,13 +585,19 @@ class DLMISearch(DLMI):
             p, t = pos[b, w], tokens[b, w]
             Z[b, p, t] = Z[b, p].amin(-1)
 
-    def _score(self, incumbent: torch.Tensor, cand: torch.Tensor, batch: Batch):
-        """cand (B, K, N), variants of incumbent (B, N) -> loss (B, K), exact (B, K), no-grad
-        and teacher-forced, each from its first changed position on (dlm.variant_losses)."""
+    def _score(self, bases: torch.Tensor, cand: torch.Tensor, batch: Batch,
+               parents: torch.Tensor | None = None):
+        """cand (B, K, N), each a variant of bases[:, parents] (bases (B, P, N), parents (K,),
+        default all 0) -> loss (B, K), exact (B, K), no-grad and teacher-forced, each from
+        its first changed position on (dlm.variant_losses)."""
         B, K, N = cand.shape
-        rows = torch.arange(B, device=cand.device).repeat_interleave(K)
+        P, dev = bases.shape[1], cand.device
+        if parents is None:
+            parents = torch.zeros(K, dtype=torch.long, device=dev)
+        rows = (torch.arange(B, device=dev)[:, None] * P + parents).reshape(-1)  # (B * K,)
         loss, exact = self.dlm.variant_losses(
-            incumbent, cand.reshape(B * K, N), rows, batch.target_ids, batch.mask,
+            bases.reshape(B * P, N), cand.reshape(B * K, N), rows,
+            batch.target_ids.repeat_interleave(P, 0), batch.mask.repeat_interleave(P, 0),
             self.config.chunk_size, self.config.objective, self.config.cw_margin)
         return loss.view(B, K), exact.view(B, K)
 
