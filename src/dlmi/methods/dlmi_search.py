@@ -261,8 +261,7 @@ class DLMISearch(DLMI):
                 cand, pos, tokens = self._propose(state, batch, grad)  # (B, W, N), (B, W) x2
                 if self._copies():
                     self._copy_target(cand, state.incumbent, batch, train_argmax)
-                bases = torch.cat([state.incumbent[:, None], state.beam[:, 1:]], 1)  # (B, P, N)
-                cand_loss, cand_exact = self._score(bases, cand, batch, parents)
+                cand_loss, cand_exact = self._score(self._bases(state), cand, batch, parents)
                 base_loss = torch.cat([losses[0][:, :1], state.beam_loss[:, 1:]], 1)[:, parents]
                 # Two-position moves and copies neither leave Z's top tokens nor merge: their
                 # first token is not to blame alone.
@@ -438,8 +437,7 @@ class DLMISearch(DLMI):
             span = slice(W - T - L, W - T)
             tokens[:, span] = self._model_tokens(state.incumbent, pos[:, span], pick[:, span],
                                                  tokens[:, span])
-        bases = torch.cat([state.incumbent[:, None], state.beam[:, 1:]], 1)  # (B, P, N)
-        cand = bases[:, self._parents(dev)]  # (B, W, N)
+        cand = self._bases(state)[:, self._parents(dev)]  # (B, W, N)
         cand.scatter_(2, pos[..., None], tokens[..., None])
         P = self._paired()
         if P and N > 1:  # a second position, never the first one, for the first P swaps
@@ -511,6 +509,11 @@ class DLMISearch(DLMI):
             for j, o in enumerate(offsets):
                 cand[b, start + j] = incumbent[b]
                 cand[b, start + j, o:o + L] = tokens
+
+    @staticmethod
+    def _bases(state: DLMISearchState) -> torch.Tensor:
+        """The prompts swaps change: the incumbent, then the beam's runners-up: (B, P, N)."""
+        return torch.cat([state.incumbent[:, None], state.beam[:, 1:]], 1)
 
     def _parents(self, device) -> torch.Tensor:
         """The beam member (0: the incumbent) each of a step's swaps changes: in turn, and
