@@ -281,7 +281,8 @@ def _spy_proposals(monkeypatch):
         cand, pos, tokens = real_propose(self, state, batch, grad)
         proposed.append({"changed": (cand != state.incumbent[:, None]).sum(-1),
                          "tokens": tokens.clone(), "target": batch.target_ids.clone(),
-                         "pos": pos.clone(), "incumbent": state.incumbent.clone()})
+                         "pos": pos.clone(), "incumbent": state.incumbent.clone(),
+                         "cand": cand.clone()})
         return cand, pos, tokens
 
     def spy_forget(state, pos, tokens, rejected):
@@ -300,6 +301,38 @@ def test_paired_swaps_change_two_positions_and_are_not_forgotten(tiny_lm, monkey
     assert (changed[..., :4] <= 2).all() and (changed[..., :4] == 2).any()
     assert (changed[..., 4:] <= 1).all()  # the other half are single swaps
     assert not torch.stack(forgotten)[..., :4].any()  # a pair's first token is not forgotten
+
+
+def test_shift_deletes_one_token_and_inserts_another():
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    base = torch.arange(6)[None, None].repeat(1, 2, 1)  # (1, 2, 6)
+    out = DLMISearch._shift(base, torch.tensor([[1, 4]]), torch.tensor([[4, 1]]),
+                            torch.tensor([[99, 98]]))
+    assert out[0, 0].tolist() == [0, 2, 3, 4, 99, 5]  # 1 dropped, 99 inserted at 4
+    assert out[0, 1].tolist() == [0, 98, 1, 2, 3, 5]  # 4 dropped, 98 inserted at 1
+
+
+def _is_shift(cand, incumbent, pos) -> bool:
+    """Whether cand (N,) is incumbent (N,) with one token deleted and cand[pos] inserted."""
+    rest = torch.cat([cand[:pos], cand[pos + 1:]]).tolist()
+    n = len(incumbent)
+    return any(torch.cat([incumbent[:d], incumbent[d + 1:]]).tolist() == rest for d in range(n))
+
+
+def test_shift_swaps_insert_a_token_and_are_not_forgotten(tiny_lm, monkeypatch):
+    proposed, forgotten = _spy_proposals(monkeypatch)
+    list(_drive(tiny_lm, 4, swaps=8, shifts=0.5))
+    for p in proposed:
+        for b in range(p["cand"].shape[0]):
+            for w in range(8):
+                shifted = _is_shift(p["cand"][b, w], p["incumbent"][b], int(p["pos"][b, w]))
+                single = int(p["changed"][b, w]) <= 1
+                # the first half are shifts (a shift that moves equal tokens may change one
+                # position only); the others single swaps
+                assert shifted if w < 4 else single
+    assert (torch.stack([p["changed"] for p in proposed])[..., :4] > 2).any()
+    assert not torch.stack(forgotten)[..., :4].any()
 
 
 def test_pairs_outside_zero_one_is_a_usage_error():
@@ -356,6 +389,8 @@ def test_shares_of_special_swaps_above_one_are_a_usage_error():
 
     with pytest.raises(UsageError, match="pairs \\+ from_target \\+ from_lm \\+ copy_target"):
         DLMISearchConfig(pairs=0.5, from_lm=0.6)
+    with pytest.raises(UsageError, match="shifts must be at most 1, got 1.2"):
+        DLMISearchConfig(shifts=0.6, pairs=0.6)
     with pytest.raises(UsageError, match="must be at most 1, got 1.1"):
         DLMISearchConfig(from_lm=0.6, copy_target=0.5)
     with pytest.raises(UsageError, match="copy_target needs the anchor"):

@@ -83,6 +83,13 @@ class DLMISearchConfig(GumbelPromptConfig):
     copy_target: float = opt(0.0, "share of the swaps that copy the target's tokens up to its "
                              "first missed position into the prompt (needs the anchor)")
     copy_length: int = opt(2, "copy_target: target tokens copied, ending at the first miss")
+    # Insertion moves: a word added or dropped slides the text between by one position, which
+    # changes many positions at once coherently; a prompt stuck in a local minimum of single
+    # (and paired) swaps can still have a better shifted neighbour. The round(shifts * swaps)
+    # proposals after the copies delete one token of the incumbent and insert one of Z's
+    # top_k at another position.
+    shifts: float = opt(0.0, "share of the swaps that delete a prompt token and insert a new "
+                        "one elsewhere (the tokens between slide by one)")
     # The paper's cheating check reads the share of the target's tokens found in the prompt
     # (below 20% for every method it reports). A prompt above this share is never kept, so
     # copies and target swaps can help without the prompt spelling the target out.
@@ -159,7 +166,7 @@ class DLMISearchConfig(GumbelPromptConfig):
                 if getattr(self, name):
                     raise UsageError(f"beam > 1 does not combine with {name}: "
                                      f"set --set {name}=0 or --set beam=1")
-        for name in ("pairs", "from_target", "from_lm", "copy_target", "max_overlap"):
+        for name in ("pairs", "from_target", "from_lm", "copy_target", "shifts", "max_overlap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be between 0 and 1, got {getattr(self, name)}: "
                                  f"change --set {name}=VALUE")
@@ -172,9 +179,10 @@ class DLMISearchConfig(GumbelPromptConfig):
         if self.proposal not in PROPOSALS:
             raise UsageError(f"proposal must be one of {', '.join(PROPOSALS)}, "
                              f"got {self.proposal!r}: change --set proposal=VALUE")
-        shares = self.pairs + self.from_target + self.from_lm + self.copy_target
+        shares = self.pairs + self.from_target + self.from_lm + self.copy_target + self.shifts
         if shares > 1.0:
-            raise UsageError("pairs + from_target + from_lm + copy_target must be at most 1, "
+            raise UsageError("pairs + from_target + from_lm + copy_target + shifts must be at "
+                             "most 1, "
                              f"got {shares:g}: lower one")
         if self.proposal != "z" and not self.anchor:
             raise UsageError("gradient proposals need the anchor: set --set anchor=true "
@@ -263,9 +271,10 @@ class DLMISearch(DLMI):
                     self._copy_target(cand, state.incumbent, batch, train_argmax)
                 cand_loss, cand_exact = self._score(self._bases(state), cand, batch, parents)
                 base_loss = torch.cat([losses[0][:, :1], state.beam_loss[:, 1:]], 1)[:, parents]
-                # Two-position moves and copies neither leave Z's top tokens nor merge: their
-                # first token is not to blame alone.
-                single = torch.arange(cfg.swaps, device=dev) >= self._paired() + self._copies()
+                # Two-position moves, copies and shifts neither leave Z's top tokens nor merge:
+                # their new token is not to blame alone.
+                single = (torch.arange(cfg.swaps, device=dev)
+                          >= self._paired() + self._copies() + self._shifted())
                 from_z = (torch.arange(cfg.swaps, device=dev)
                           < cfg.swaps - self._targeted() - self._fluent())
                 if cfg.forget_rejected and cfg.proposal != "gradient":
@@ -448,7 +457,27 @@ class DLMISearch(DLMI):
                             lambda g: torch.randint(k, (P,), generator=g, device=dev))
             tokens2 = top_k_pick(Z, pos2, pick2, k)  # (B, P)
             cand[:, :P].scatter_(2, pos2[..., None], tokens2[..., None])
+        H = self._shifted()
+        if H and N > 1:  # after the copies: delete a token elsewhere, insert at pos
+            span = slice(P + self._copies(), P + self._copies() + H)
+            gap = per_row(batch.generators,
+                          lambda g: torch.randint(1, N, (H,), generator=g, device=dev))
+            cand[:, span] = self._shift(self._bases(state)[:, self._parents(dev)[span]],
+                                        (pos[:, span] + gap) % N, pos[:, span], tokens[:, span])
         return cand, pos, tokens
+
+    @staticmethod
+    def _shift(base: torch.Tensor, drop: torch.Tensor, put: torch.Tensor,
+               tokens: torch.Tensor) -> torch.Tensor:
+        """base (B, H, N) with its token at `drop` deleted and `tokens` inserted at `put` (an
+        index of the result), the tokens between sliding by one: (B, H, N). drop, put,
+        tokens: (B, H)."""
+        N = base.shape[-1]
+        i = torch.arange(N, device=base.device)  # (N,) result positions
+        k = i - (i > put[..., None]).long()  # (B, H, N) index in base without the dropped one
+        src = k + (k >= drop[..., None]).long()
+        out = base.gather(-1, src.clamp_max(N - 1))
+        return torch.where(i == put[..., None], tokens[..., None], out)
 
     def _targeted(self) -> int:
         """How many of a step's swaps (the last ones) draw their token from the target."""
@@ -482,6 +511,10 @@ class DLMISearch(DLMI):
                 choice = torch.multinomial(ok[b].float(), T, replacement=True, generator=g)
                 out[b] = local[b, choice]
         return out
+
+    def _shifted(self) -> int:
+        """How many of a step's swaps (after the copies) are insertion moves."""
+        return round(self.config.shifts * self.config.swaps)
 
     def _copies(self) -> int:
         """How many of a step's swaps (after the paired ones) copy target tokens."""
