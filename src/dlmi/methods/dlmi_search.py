@@ -446,8 +446,8 @@ class DLMISearch(DLMI):
             span = slice(W - T - L, W - T)
             tokens[:, span] = self._model_tokens(state.incumbent, pos[:, span], pick[:, span],
                                                  tokens[:, span])
-        cand = self._bases(state)[:, self._parents(dev)]  # (B, W, N)
-        cand.scatter_(2, pos[..., None], tokens[..., None])
+        parents = self._bases(state)[:, self._parents(dev)]  # (B, W, N) what each changes
+        cand = parents.clone().scatter_(2, pos[..., None], tokens[..., None])
         P = self._paired()
         if P and N > 1:  # a second position, never the first one, for the first P swaps
             shift = per_row(batch.generators,
@@ -462,8 +462,8 @@ class DLMISearch(DLMI):
             span = slice(P + self._copies(), P + self._copies() + H)
             gap = per_row(batch.generators,
                           lambda g: torch.randint(1, N, (H,), generator=g, device=dev))
-            cand[:, span] = self._shift(self._bases(state)[:, self._parents(dev)[span]],
-                                        (pos[:, span] + gap) % N, pos[:, span], tokens[:, span])
+            cand[:, span] = self._shift(parents[:, span], (pos[:, span] + gap) % N,
+                                        pos[:, span], tokens[:, span])
         return cand, pos, tokens
 
     @staticmethod
