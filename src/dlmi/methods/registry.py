@@ -9,7 +9,8 @@ _METHODS: dict[str, type] = {}
 # Built-in method name -> the module that registers it: names (for --help and choices) are
 # known without importing torch; a method's module is imported when it is first used.
 BUILTIN = {
-    "dlmi": "dlmi_method", "dlmi-notf": "dlmi_method", "dlmi-shared-tau": "dlmi_method",
+    "adc": "adc", "dlmi": "dlmi_method", "dlmi-notf": "dlmi_method",
+    "dlmi-shared-tau": "dlmi_method",
     "gbda": "dlmi_method", "dlmi-search": "dlmi_search", "gcg": "gcg", "pez": "pez",
     "random": "random_search", "reinforce": "reinforce", "soda": "soda",
     "soft-prompt": "soft_prompt",
