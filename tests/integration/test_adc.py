@@ -73,3 +73,16 @@ def test_best_loss_never_rises_and_the_result_decodes_as_reported(tiny_lm):
 def test_bad_options_are_refused(bad):
     with pytest.raises(UsageError):
         build_config("adc", overrides=bad)
+
+
+def test_drawn_prompts_use_only_tokens_x_holds(tiny_lm):
+    m = _method(tiny_lm, starts=2, samples=5)
+    target = torch.tensor([hidden_prompt_target(tiny_lm, 4, target_len=6)] * 2)
+    batch = Batch(target, torch.ones_like(target, dtype=torch.bool),
+                  row_generators([0, 1], torch.device("cpu")))
+    state = m.init_state(batch)
+    m.step(state, batch, 1)
+    drawn = m._draw(state.X, batch)  # (B, R, S, N)
+    assert drawn.shape == (2, 2, 5, 4)
+    held = state.X[:, :, None].expand(-1, -1, 5, -1, -1).gather(-1, drawn[..., None])
+    assert (held > 0).all()

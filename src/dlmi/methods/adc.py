@@ -38,12 +38,19 @@ class ADCConfig(MethodConfig):
                          "paper), cw, cw-prefix or cw-first (see dlmi-search)", 'Hu et al. 2024')
     cw_margin: float = opt(1.0, "cw objectives: a position won by this many logits earns "
                            "nothing more")
+    # The relaxed prompt can win every target position while its argmax does not (the
+    # relaxation gap); the hard prompts around it are drawn from X itself, which holds only
+    # a few tokens per position late in a run, and scored in one no-grad batch.
+    samples: int = opt(0, "hard prompts drawn from each start's X per step (each position "
+                       "from its distribution) and scored beside its argmax (0: the argmax "
+                       "alone, as the paper)")
     chunk_size: int = opt(64, 'hard prompts per no-grad forward: bounds memory')
 
     def __post_init__(self):
         super().__post_init__()
         _positive(self, "lr")
         _at_least(self, "starts", 1)
+        _at_least(self, "samples", 0)
         _at_least(self, "chunk_size", 1)
         _at_least(self, "cw_margin", 0.0)
         if not 0.0 <= self.momentum < 1.0:
@@ -118,29 +125,47 @@ class ADC(Method[ADCState]):
 
     def _keep_best(self, state: ADCState, batch: Batch, targets: torch.Tensor,
                    mask: torch.Tensor) -> None:
-        """Score every start's argmax as a hard prompt and keep the best one so far: an exact
-        prompt beats any inexact one, then the lower loss."""
+        """Score every start's argmax as a hard prompt, with `samples` drawn from its X, and
+        keep the best one so far: an exact prompt beats any inexact one, then the lower loss."""
         cfg = self.config
         B, R, N, V = state.X.shape
+        S, dev = cfg.samples, state.X.device
         hard = state.X.argmax(-1)  # (B, R, N)
-        loss, exact = self.dlm.hard_losses(hard.view(B * R, N), targets, mask, cfg.chunk_size,
-                                           cfg.objective, cfg.cw_margin)
-        loss, exact = loss.view(B, R), exact.view(B, R)
+        cand = hard[:, :, None]  # (B, R, 1 + S, N): the argmax first, then the draws
+        if S:
+            cand = torch.cat([cand, self._draw(state.X, batch)], 2)
+        K = cand.shape[2]
+        rows = torch.arange(B * R, device=dev).repeat_interleave(K)  # (B*R*K,) its base
+        loss, exact = self.dlm.variant_losses(hard.view(B * R, N), cand.view(-1, N), rows,
+                                              targets, mask, cfg.chunk_size, cfg.objective,
+                                              cfg.cw_margin)
+        cand = cand.view(B, R * K, N)
+        loss, exact = loss.view(B, R * K), exact.view(B, R * K)
         if cfg.roundtrip:  # a prompt that does not survive as text is never kept
-            safe = self.dlm.round_trips(hard)  # (B, R)
+            safe = self.dlm.round_trips(cand)  # (B, R*K)
             loss = loss.masked_fill(~safe, float("inf"))
             exact = exact & safe
-        key = loss - exact.float() * 1e9  # (B, R)
+        key = loss - exact.float() * 1e9  # (B, R*K)
         top = key.argmin(1)
-        rows = torch.arange(B, device=hard.device)
+        rows = torch.arange(B, device=dev)
         if state.best is None:
-            state.best = hard[rows, top]
+            state.best = cand[rows, top]
             state.best_loss, state.best_exact = loss[rows, top], exact[rows, top]
             return
         better = key[rows, top] < state.best_loss - state.best_exact.float() * 1e9
-        state.best = torch.where(better[:, None], hard[rows, top], state.best)
+        state.best = torch.where(better[:, None], cand[rows, top], state.best)
         state.best_loss = torch.where(better, loss[rows, top], state.best_loss)
         state.best_exact = torch.where(better, exact[rows, top], state.best_exact)
+
+    def _draw(self, X: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """`samples` hard prompts per start, each position drawn from its row of X
+        (B, R, N, V), row b from its own generator: (B, R, S, N)."""
+        B, R, N, V = X.shape
+        S = self.config.samples
+        drawn = torch.stack([
+            torch.multinomial(X[b].reshape(R * N, V), S, replacement=True, generator=g)
+            for b, g in enumerate(batch.generators)])  # (B, R*N, S)
+        return drawn.view(B, R, N, S).permute(0, 1, 3, 2)
 
     @torch.no_grad()
     def current_prompts(self, state: ADCState) -> torch.Tensor:
