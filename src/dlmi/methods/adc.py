@@ -135,10 +135,14 @@ class ADC(Method[ADCState]):
         if S:
             cand = torch.cat([cand, self._draw(state.X, batch)], 2)
         K = cand.shape[2]
-        rows = torch.arange(B * R, device=dev).repeat_interleave(K)  # (B*R*K,) its base
-        loss, exact = self.dlm.variant_losses(hard.view(B * R, N), cand.view(-1, N), rows,
-                                              targets, mask, cfg.chunk_size, cfg.objective,
-                                              cfg.cw_margin)
+        if S:  # the draws share their argmax's unchanged start: scored as its variants
+            rows = torch.arange(B * R, device=dev).repeat_interleave(K)  # (B*R*K,) its base
+            loss, exact = self.dlm.variant_losses(hard.view(B * R, N), cand.view(-1, N), rows,
+                                                  targets, mask, cfg.chunk_size,
+                                                  cfg.objective, cfg.cw_margin)
+        else:  # the argmax alone: one forward each, no base pass to share
+            loss, exact = self.dlm.hard_losses(hard.view(B * R, N), targets, mask,
+                                               cfg.chunk_size, cfg.objective, cfg.cw_margin)
         cand = cand.view(B, R * K, N)
         loss, exact = loss.view(B, R * K), exact.view(B, R * K)
         if cfg.roundtrip:  # a prompt that does not survive as text is never kept
