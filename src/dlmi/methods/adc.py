@@ -14,12 +14,21 @@ every target position. `starts` relaxed prompts per target run side by side (the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from dlmi.errors import UsageError
-from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, _at_least, _positive, per_row
+from dlmi.methods.base import (
+    Batch,
+    Method,
+    MethodConfig,
+    StepOutput,
+    _at_least,
+    _positive,
+    per_row,
+    set_rows,
+)
 from dlmi.methods.registry import register
 from dlmi.model.dlm import OBJECTIVES, target_loss, won_positions
 from dlmi.options import opt
@@ -65,9 +74,9 @@ class ADCConfig(MethodConfig):
 class ADCState:
     X: torch.Tensor  # (B, R, N, V) relaxed prompts: rows on the simplex, at most S nonzeros
     velocity: torch.Tensor  # (B, R, N, V) SGD momentum buffer
-    best: torch.Tensor | None = None  # (B, N) the best hard prompt so far (exact first)
-    best_loss: torch.Tensor | None = None  # (B,)
-    best_exact: torch.Tensor | None = None  # (B,) bool: proven to decode to the target
+    best: torch.Tensor  # (B, N) the best hard prompt so far (exact first)
+    best_loss: torch.Tensor  # (B,) its loss (inf before the first step)
+    best_exact: torch.Tensor  # (B,) bool: proven to decode to the target
 
 
 def sparsify(X: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -101,7 +110,10 @@ class ADC(Method[ADCState]):
             L = len(ids)
             X[:, :, :L] = 0.0
             X[:, :, torch.arange(L, device=dev), ids] = 1.0
-        return ADCState(X, torch.zeros_like(X))
+        B = X.shape[0]
+        return ADCState(X, torch.zeros_like(X), X[:, 0].argmax(-1),
+                        torch.full((B,), float("inf"), device=dev),
+                        torch.zeros(B, dtype=torch.bool, device=dev))
 
     def step(self, state: ADCState, batch: Batch, step: int) -> StepOutput:
         cfg = self.config
@@ -132,15 +144,15 @@ class ADC(Method[ADCState]):
         S, dev = cfg.samples, state.X.device
         hard = state.X.argmax(-1)  # (B, R, N)
         cand = hard[:, :, None]  # (B, R, 1 + S, N): the argmax first, then the draws
-        if S:
-            cand = torch.cat([cand, self._draw(state.X, batch)], 2)
-        K = cand.shape[2]
         if S:  # the draws share their argmax's unchanged start: scored as its variants
+            cand = torch.cat([cand, self._draw(state.X, batch)], 2)
+            K = cand.shape[2]
             rows = torch.arange(B * R, device=dev).repeat_interleave(K)  # (B*R*K,) its base
             loss, exact = self.dlm.variant_losses(hard.view(B * R, N), cand.view(-1, N), rows,
                                                   targets, mask, cfg.chunk_size,
                                                   cfg.objective, cfg.cw_margin)
         else:  # the argmax alone: one forward each, no base pass to share
+            K = 1
             loss, exact = self.dlm.hard_losses(hard.view(B * R, N), targets, mask,
                                                cfg.chunk_size, cfg.objective, cfg.cw_margin)
         cand = cand.view(B, R * K, N)
@@ -152,14 +164,8 @@ class ADC(Method[ADCState]):
         key = loss - exact.float() * 1e9  # (B, R*K)
         top = key.argmin(1)
         rows = torch.arange(B, device=dev)
-        if state.best is None:
-            state.best = cand[rows, top]
-            state.best_loss, state.best_exact = loss[rows, top], exact[rows, top]
-            return
         better = key[rows, top] < state.best_loss - state.best_exact.float() * 1e9
-        state.best = torch.where(better[:, None], cand[rows, top], state.best)
-        state.best_loss = torch.where(better, loss[rows, top], state.best_loss)
-        state.best_exact = torch.where(better, exact[rows, top], state.best_exact)
+        set_rows(state, "best", better, cand[rows, top], loss[rows, top], exact[rows, top])
 
     def _draw(self, X: torch.Tensor, batch: Batch) -> torch.Tensor:
         """`samples` hard prompts per start, each position drawn from its row of X
@@ -171,14 +177,8 @@ class ADC(Method[ADCState]):
             for b, g in enumerate(batch.generators)])  # (B, R*N, S)
         return drawn.view(B, R, N, S).permute(0, 1, 3, 2)
 
-    @torch.no_grad()
     def current_prompts(self, state: ADCState) -> torch.Tensor:
-        if state.best is None:  # before the first step: the first start's argmax
-            return state.X[:, 0].argmax(-1)
-        return state.best
+        return state.best  # before the first step: the first start's argmax
 
     def keep(self, state: ADCState, index: torch.Tensor) -> ADCState:
-        def pick(t):
-            return None if t is None else t[index]
-        return ADCState(state.X[index], state.velocity[index], pick(state.best),
-                        pick(state.best_loss), pick(state.best_exact))
+        return ADCState(*(getattr(state, f.name)[index] for f in fields(ADCState)))

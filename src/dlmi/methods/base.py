@@ -200,6 +200,14 @@ def per_row(generators: list[torch.Generator], fn) -> torch.Tensor:
     return torch.stack([fn(g) for g in generators])
 
 
+def set_rows(state, name: str, where: torch.Tensor, prompts, loss, exact) -> None:
+    """Overwrite state.<name>, <name>_loss and <name>_exact in the rows `where` (B,) with
+    prompts (B, N), loss (B,) and exact (B,): a search's best-so-far bookkeeping."""
+    setattr(state, name, torch.where(where[:, None], prompts, getattr(state, name)))
+    setattr(state, name + "_loss", torch.where(where, loss, getattr(state, name + "_loss")))
+    setattr(state, name + "_exact", torch.where(where, exact, getattr(state, name + "_exact")))
+
+
 def random_prompt_ids(generators: list[torch.Generator], length: int, vocab: int,
                       device) -> torch.Tensor:
     """(B, length) uniformly random token ids, row b drawn from generator b."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from dlmi.errors import UsageError
-from dlmi.methods.base import Batch, StepOutput, _at_least, per_row
+from dlmi.methods.base import Batch, StepOutput, _at_least, per_row, set_rows
 from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
 from dlmi.methods.registry import register
 from dlmi.model.dlm import OBJECTIVES, target_loss, won_positions
@@ -308,7 +308,7 @@ class DLMISearch(DLMI):
             top = key.argmin(1)
             improved = key[rows, top] < (state.best_loss - state.best_exact.float() * 1e9)
             state.stall = torch.where(improved, 0, state.stall + 1)
-            self._set(state, "best", improved, pool[rows, top], pool_loss[rows, top],
+            set_rows(state, "best", improved, pool[rows, top], pool_loss[rows, top],
                       pool_exact[rows, top])
             # Move to the step's best proposal when it improves, or when stalled too long.
             kick = (state.stall >= cfg.patience) if cfg.patience else torch.zeros_like(improved)
@@ -325,7 +325,7 @@ class DLMISearch(DLMI):
                 state.beam = pool.gather(1, pick[..., None].expand(-1, -1, pool.shape[2]))
                 state.beam_loss = pool_loss.gather(1, pick)
                 state.beam_exact = pool_exact.gather(1, pick)
-            self._set(state, "incumbent", torch.ones_like(improved), pool[rows, choice],
+            set_rows(state, "incumbent", torch.ones_like(improved), pool[rows, choice],
                       pool_loss[rows, choice], pool_exact[rows, choice])
             if cfg.tabu:
                 recent = state.recent if state.recent is not None else pool[:, :0]
@@ -360,14 +360,6 @@ class DLMISearch(DLMI):
             seen = (pool[:, 1:, None] == state.recent[:, None]).all(-1).any(-1)  # (B, K-1)
             key = key.masked_fill(seen, float("inf"))
         return key.argmin(1) + 1
-
-    @staticmethod
-    def _set(state, name: str, where: torch.Tensor, prompts, loss, exact) -> None:
-        """Overwrite state.<name>, <name>_loss and <name>_exact in the rows `where` (B,)."""
-        setattr(state, name, torch.where(where[:, None], prompts, getattr(state, name)))
-        setattr(state, name + "_loss", torch.where(where, loss, getattr(state, name + "_loss")))
-        setattr(state, name + "_exact",
-                torch.where(where, exact, getattr(state, name + "_exact")))
 
     def _gradient_step(self, state: DLMISearchState, batch: Batch):
         """One Adam step on Z and Phi from S straight-through Gumbel-Softmax samples.
