@@ -35,6 +35,7 @@ from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
 from dlmi.methods.registry import register
 from dlmi.model.dlm import OBJECTIVES, target_loss, won_positions
 from dlmi.model.optim import BatchedAdam
+from dlmi.model.screening import check_screen, screen_model, screened_variant_losses
 from dlmi.options import opt
 
 PROPOSALS = ("z", "gradient", "both")
@@ -144,9 +145,19 @@ class DLMISearchConfig(GumbelPromptConfig):
     beam: int = opt(1, "distinct prompts the search stands on, sharing the swaps "
                     "(1: one incumbent)")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
+    # Scoring the swaps is most of a step's time. A bfloat16 copy of the model scores them
+    # about twice as fast where bfloat16 is native (AMX or AVX512-BF16 CPUs, GPUs); the
+    # screen_keep best per row (and any the copy finds exact) are scored again in the
+    # model's own precision, which alone decides and proves (dlmi.model.screening).
+    screen: str = opt("off", "score the swaps first in a lower precision: off, auto "
+                      "(bfloat16 where native and the model is float32), bfloat16, float16")
+    screen_keep: int = opt(4, "swaps per row scored again in the model's precision after the "
+                           "screen")
 
     def __post_init__(self):
         super().__post_init__()
+        check_screen(self.screen)
+        _at_least(self, "screen_keep", 1)
         _at_least(self, "swaps", 0)
         _at_least(self, "chunk_size", 1)
         _at_least(self, "top_k", 1)
@@ -269,8 +280,12 @@ class DLMISearch(DLMI):
                 cand, pos, tokens = self._propose(state, batch, grad)  # (B, W, N), (B, W) x2
                 if self._copies():
                     self._copy_target(cand, state.incumbent, batch, train_argmax)
-                cand_loss, cand_exact = self._score(self._bases(state), cand, batch, parents)
+                cand_loss, cand_exact, no_gain = self._score(self._bases(state), cand, batch,
+                                                             parents)
                 base_loss = torch.cat([losses[0][:, :1], state.beam_loss[:, 1:]], 1)[:, parents]
+                rejected = cand_loss >= base_loss
+                if no_gain is not None:  # the screen's verdict where the model did not score
+                    rejected = torch.where(cand_loss.isfinite(), rejected, no_gain)
                 # Two-position moves, copies and shifts neither leave Z's top tokens nor merge:
                 # their new token is not to blame alone.
                 single = (torch.arange(cfg.swaps, device=dev)
@@ -278,8 +293,7 @@ class DLMISearch(DLMI):
                 from_z = (torch.arange(cfg.swaps, device=dev)
                           < cfg.swaps - self._targeted() - self._fluent())
                 if cfg.forget_rejected and cfg.proposal != "gradient":
-                    self._forget(state, pos, tokens,
-                                 (cand_loss >= base_loss) & single & from_z)
+                    self._forget(state, pos, tokens, rejected & single & from_z)
                 pools.append(cand)
                 losses.append(cand_loss)
                 exacts.append(cand_exact)
@@ -287,8 +301,8 @@ class DLMISearch(DLMI):
                     merged = self._merge(state.incumbent, pos, tokens,
                                          cand_loss.masked_fill(~single, float("inf")),
                                          losses[0][:, 0])  # (B, 1, N)
-                    merged_loss, merged_exact = self._score(state.incumbent[:, None], merged,
-                                                            batch)
+                    merged_loss, merged_exact, _ = self._score(state.incumbent[:, None],
+                                                               merged, batch)
                     pools.append(merged)
                     losses.append(merged_loss)
                     exacts.append(merged_exact)
@@ -617,17 +631,25 @@ class DLMISearch(DLMI):
                parents: torch.Tensor | None = None):
         """cand (B, K, N), each a variant of bases[:, parents] (bases (B, P, N), parents (K,),
         default all 0) -> loss (B, K), exact (B, K), no-grad and teacher-forced, each from
-        its first changed position on (dlm.variant_losses)."""
+        its first changed position on (dlm.variant_losses); and no_gain (B, K) bool, the
+        screen's verdict "no better than its base" (None without a screen).
+        A swap the screen drops has loss +inf and is never exact."""
+        cfg = self.config
         B, K, N = cand.shape
         P, dev = bases.shape[1], cand.device
         if parents is None:
             parents = torch.zeros(K, dtype=torch.long, device=dev)
         rows = (torch.arange(B, device=dev)[:, None] * P + parents).reshape(-1)  # (B * K,)
-        loss, exact = self.dlm.variant_losses(
-            bases.reshape(B * P, N), cand.reshape(B * K, N), rows,
-            batch.target_ids.repeat_interleave(P, 0), batch.mask.repeat_interleave(P, 0),
-            self.config.chunk_size, self.config.objective, self.config.cw_margin)
-        return loss.view(B, K), exact.view(B, K)
+        args = (bases.reshape(B * P, N), cand.reshape(B * K, N), rows,
+                batch.target_ids.repeat_interleave(P, 0), batch.mask.repeat_interleave(P, 0))
+        low = screen_model(self.dlm, cfg.screen)
+        if low is None:
+            loss, exact = self.dlm.variant_losses(*args, cfg.chunk_size, cfg.objective,
+                                                  cfg.cw_margin)
+            return loss.view(B, K), exact.view(B, K), None
+        s = screened_variant_losses(self.dlm, low, *args, cfg.screen_keep, cfg.chunk_size,
+                                    cfg.objective, cfg.cw_margin)
+        return s.loss.view(B, K), s.exact.view(B, K), s.no_gain.view(B, K)
 
     @torch.no_grad()
     def current_prompts(self, state: DLMISearchState) -> torch.Tensor:

@@ -24,6 +24,7 @@ from dlmi.methods.base import (
 )
 from dlmi.methods.registry import register
 from dlmi.model.dlm import masked_cross_entropy
+from dlmi.model.screening import check_screen, screen_model, screened_variant_losses
 from dlmi.options import opt
 
 
@@ -34,9 +35,17 @@ class GCGConfig(MethodConfig):
         512, 'single-swap candidates per step (Zou et al. 2023)', 'Zou et al. 2023')
     chunk_size: int = opt(128, 'candidates per forward pass: bounds memory')
     filter_roundtrip: bool = opt(True, 'keep only prompts whose text re-tokenises to the same ids')
+    # As dlmi-search's: a lower-precision copy of the model scores every swap, the model
+    # itself the screen_keep best per row, and only its losses are used.
+    screen: str = opt("off", "score the swaps first in a lower precision: off, auto "
+                      "(bfloat16 where native and the model is float32), bfloat16, float16")
+    screen_keep: int = opt(4, "swaps per row scored again in the model's precision after the "
+                           "screen")
 
     def __post_init__(self):
         super().__post_init__()
+        check_screen(self.screen)
+        _at_least(self, "screen_keep", 1)
         _at_least(self, "top_k", 1)
         _at_least(self, "search_width", 1)
         _at_least(self, "chunk_size", 1)
@@ -82,12 +91,17 @@ class GCG(IncumbentSearch):
         """cand (B, W, N), swaps of prompts (B, N) -> teacher-forced loss (B, W), evaluated
         chunk by chunk, each candidate from its first swapped position on (the prompt's KV
         cache holds the rest); with `keep` (B, W) bool, only those candidates are scored and
-        the others get +inf."""
+        the others get +inf (as do the swaps a `screen` drops)."""
         B, W, N = cand.shape
         keep = torch.ones(B, W, dtype=torch.bool, device=cand.device) if keep is None else keep
         row = torch.arange(B, device=cand.device)[:, None].expand(B, W)[keep]  # (R,)
-        scored, _ = self.dlm.variant_losses(prompts, cand[keep], row, batch.target_ids,
-                                            batch.mask, self.config.chunk_size)
+        args = (prompts, cand[keep], row, batch.target_ids, batch.mask)
+        low = screen_model(self.dlm, self.config.screen)
+        if low is None:
+            scored, _ = self.dlm.variant_losses(*args, self.config.chunk_size)
+        else:  # those the screen drops get +inf as well
+            scored = screened_variant_losses(self.dlm, low, *args, self.config.screen_keep,
+                                             self.config.chunk_size).loss
         return torch.full((B, W), float("inf"), device=cand.device).masked_scatter(keep, scored)
 
     def step(self, state: IncumbentState, batch: Batch, step: int) -> StepOutput:

@@ -8,6 +8,7 @@ M target tokens per pair, V vocabulary, d width, L assembled sequence length.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 
 import torch
@@ -64,6 +65,21 @@ class DifferentiableLM:
         self._prefix_cache = None  # (ids, cache of batch 1) of the shared prefix
         self._shared = self.context.shared_prefix()  # per context, not per forward
         self._chunk_fits: int | None = None  # largest no-grad chunk known to fit (fit_chunk)
+        self._lowered: dict[torch.dtype, DifferentiableLM] = {}  # screens (lowered)
+
+    def lowered(self, dtype: torch.dtype) -> DifferentiableLM:
+        """This model in a lower precision, for screening candidates (dlmi.model.screening):
+        a copy of the weights in `dtype` with the same context, prompt vocabulary and fluency
+        weight, whose passes count in this model's compute. Made once per dtype."""
+        low = self._lowered.get(dtype)
+        if low is None:
+            lm = dataclasses.replace(self.lm, model=copy.deepcopy(self.model).to(dtype))
+            low = DifferentiableLM(lm, context=self.context, prompt_vocab=self.prompt_vocab)
+            low.compute = self.compute
+            low.prefix_cache_min = self.prefix_cache_min
+            self._lowered[dtype] = low
+        low.fluency = self.fluency  # set by the runner after the model is built
+        return low
 
     @property
     def vocab_size(self) -> int:

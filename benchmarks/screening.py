@@ -1,0 +1,86 @@
+"""Screening swap candidates in bfloat16 (dlmi.model.screening) against scoring them all in
+float32, measured in one run on the default model: B rows, W single-token swaps per row at
+uniform positions of a prompt that walks (each round moves to the float32 best swap, as a
+search does). Prints, per width W, the median seconds of both, the speed-up, and how often the
+float32 best swap is among those the screen keeps; then one JSON line.
+
+    python benchmarks/screening.py [--model smollm2-135m] [--widths 32,64,128] [--rows 4]
+        [--keep 4] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def measure(dlm, low, width: int, rows: int, keep: int, rounds: int, objective: str,
+            seed: int) -> dict:
+    from dlmi.model.screening import screened_variant_losses
+
+    g = torch.Generator().manual_seed(seed)
+    V, N, M = dlm.vocab_size, 10, 10
+    base = torch.randint(V, (rows, N), generator=g)
+    target = torch.randint(V, (rows, M), generator=g)
+    mask = torch.ones(rows, M, dtype=torch.bool)
+    index = torch.arange(rows).repeat_interleave(width)  # (R,)
+    full_s, screen_s, found, regret = [], [], 0, []
+    for _ in range(rounds):
+        cand = base.repeat_interleave(width, 0)  # (R, N)
+        pos = torch.randint(N, (rows * width,), generator=g)
+        cand[torch.arange(rows * width), pos] = torch.randint(V, (rows * width,), generator=g)
+        t = time.perf_counter()
+        full, _ = dlm.variant_losses(base, cand, index, target, mask, 64, objective)
+        full_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        s = screened_variant_losses(dlm, low, base, cand, index, target, mask, keep, 64,
+                                    objective)
+        screen_s.append(time.perf_counter() - t)
+        full, got = full.view(rows, width), s.loss.view(rows, width)
+        best = full.argmin(1)
+        found += int(s.kept.view(rows, width)[torch.arange(rows), best].sum())
+        regret += (got.min(1).values - full.min(1).values).tolist()
+        base = cand.view(rows, width, N)[torch.arange(rows), best]  # walk on
+    full_m, screen_m = statistics.median(full_s), statistics.median(screen_s)
+    return {"width": width, "float32_s": full_m, "screened_s": screen_m,
+            "speedup": full_m / screen_m, "best_kept": found / (rounds * rows),
+            "mean_regret": statistics.mean(regret)}
+
+
+def main(argv=None) -> int:
+    from dlmi.model.dlm import DifferentiableLM
+    from dlmi.model.models import load_model
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--widths", default="32,64,128")
+    p.add_argument("--rows", type=int, default=4)
+    p.add_argument("--keep", type=int, default=4, help="screen_keep")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--objective", default="cw-prefix")
+    args = p.parse_args(argv)
+    torch.set_flush_denormal(True)
+    dlm = DifferentiableLM(load_model(args.model))
+    low = dlm.lowered(torch.bfloat16)
+    low.hard_losses(torch.zeros(1, 10, dtype=torch.long), torch.zeros(1, 10, dtype=torch.long),
+                    torch.ones(1, 10, dtype=torch.bool))  # warm-up of the bfloat16 kernels
+    print("| swaps per row | float32 s | screened s | speed-up | float32 best kept | "
+          "mean loss regret |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    out = []
+    for i, w in enumerate(int(x) for x in args.widths.split(",")):
+        r = measure(dlm, low, w, args.rows, args.keep, args.rounds, args.objective, seed=i)
+        out.append(r)
+        print(f"| {w} | {r['float32_s']:.2f} | {r['screened_s']:.2f} | {r['speedup']:.2f}x | "
+              f"{r['best_kept']:.0%} | {r['mean_regret']:.4f} |")
+    print(json.dumps({"rows": args.rows, "keep": args.keep, "rounds": args.rounds,
+                      "objective": args.objective, "results": out}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
