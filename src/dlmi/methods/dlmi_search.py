@@ -149,8 +149,9 @@ class DLMISearchConfig(GumbelPromptConfig):
     # about twice as fast where bfloat16 is native (AMX or AVX512-BF16 CPUs, GPUs); the
     # screen_keep best per row (and any the copy finds exact) are scored again in the
     # model's own precision, which alone decides and proves (dlmi.model.screening).
-    screen: str = opt("off", "score the swaps first in a lower precision: off, auto "
-                      "(bfloat16 where native and the model is float32), bfloat16, float16")
+    screen: str = opt("auto", "score the swaps first in a lower precision: off, auto "
+                      "(bfloat16 where native and the model is float32), bfloat16, float16",
+                      "measured")
     screen_keep: int = opt(4, "swaps per row scored again in the model's precision after the "
                            "screen")
 

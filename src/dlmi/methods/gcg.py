@@ -37,8 +37,9 @@ class GCGConfig(MethodConfig):
     filter_roundtrip: bool = opt(True, 'keep only prompts whose text re-tokenises to the same ids')
     # As dlmi-search's: a lower-precision copy of the model scores every swap, the model
     # itself the screen_keep best per row, and only its losses are used.
-    screen: str = opt("off", "score the swaps first in a lower precision: off, auto "
-                      "(bfloat16 where native and the model is float32), bfloat16, float16")
+    screen: str = opt("auto", "score the swaps first in a lower precision: off, auto "
+                      "(bfloat16 where native and the model is float32), bfloat16, float16",
+                      "measured")
     screen_keep: int = opt(4, "swaps per row scored again in the model's precision after the "
                            "screen")
 
