@@ -2,10 +2,12 @@
 float32, measured in one run on the default model: B rows, W single-token swaps per row at
 uniform positions of a prompt that walks (each round moves to the float32 best swap, as a
 search does). Prints, per width W, the median seconds of both, the speed-up, and how often the
-float32 best swap is among those the screen keeps; then one JSON line.
+float32 best swap is among those the screen keeps. With --steps K, also the seconds and FLOPs
+per whole step of dlmi-search and gcg (width 32, top-k 64), screen off against bfloat16, K
+steps after a warm-up on the same random targets (method_speed.py's timing). Then one JSON line.
 
     python benchmarks/screening.py [--model smollm2-135m] [--widths 32,64,128] [--rows 4]
-        [--keep 4] [--rounds 5]
+        [--keep 4] [--rounds 5] [--steps 4]
 """
 
 from __future__ import annotations
@@ -51,6 +53,27 @@ def measure(dlm, low, width: int, rows: int, keep: int, rounds: int, objective: 
             "mean_regret": statistics.mean(regret)}
 
 
+def whole_steps(lm, rows: int, steps: int) -> dict:
+    """Seconds and GFLOP per step of dlmi-search and gcg, screen off against bfloat16."""
+    from method_speed import time_method  # sibling script in benchmarks/
+
+    targets = torch.randint(3, lm.vocab_size, (rows, 10), generator=torch.Generator()
+                            .manual_seed(0))
+    methods = {"dlmi-search": {}, "gcg": {"search_width": 32, "top_k": 64}}
+    print(f"\n| method ({rows} rows, N = 10) | off s/step | screened s/step | speed-up | "
+          "off GFLOP/step | screened GFLOP/step |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    out = {}
+    for method, options in methods.items():
+        off = time_method(lm, method, targets, 10, steps, {**options, "screen": "off"})
+        on = time_method(lm, method, targets, 10, steps, {**options, "screen": "bfloat16"})
+        out[method] = {"off_s": off[0], "screened_s": on[0], "speedup": off[0] / on[0],
+                       "off_gflop": off[1] / 1e9, "screened_gflop": on[1] / 1e9}
+        print(f"| {method} | {off[0]:.2f} | {on[0]:.2f} | {off[0] / on[0]:.2f}x | "
+              f"{off[1] / 1e9:.0f} | {on[1] / 1e9:.0f} |")
+    return out
+
+
 def main(argv=None) -> int:
     from dlmi.model.dlm import DifferentiableLM
     from dlmi.model.models import load_model
@@ -62,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--keep", type=int, default=4, help="screen_keep")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--objective", default="cw-prefix")
+    p.add_argument("--steps", type=int, default=0,
+                   help="also time this many whole steps of dlmi-search and gcg (0: no)")
     args = p.parse_args(argv)
     torch.set_flush_denormal(True)
     dlm = DifferentiableLM(load_model(args.model))
@@ -77,8 +102,9 @@ def main(argv=None) -> int:
         out.append(r)
         print(f"| {w} | {r['float32_s']:.2f} | {r['screened_s']:.2f} | {r['speedup']:.2f}x | "
               f"{r['best_kept']:.0%} | {r['mean_regret']:.4f} |")
+    steps = whole_steps(dlm.lm, args.rows, args.steps) if args.steps else {}
     print(json.dumps({"rows": args.rows, "keep": args.keep, "rounds": args.rounds,
-                      "objective": args.objective, "results": out}))
+                      "objective": args.objective, "results": out, "steps": steps}))
     return 0
 
 

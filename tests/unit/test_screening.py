@@ -112,3 +112,22 @@ def test_an_unknown_screen_is_a_usage_error(tiny_lm):
         with pytest.raises(UsageError, match="screen_keep"):
             dlmi.invert(tiny_lm, [5, 6], method=method, prompt_length=2, steps=1,
                         screen_keep=0)
+
+
+def test_auto_screens_only_where_bfloat16_is_native(monkeypatch):
+    import dlmi.model.screening as screening
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(screening, "fast_bfloat16", lambda device: False)
+    assert screening.screen_dtype("auto", torch.float32, cpu) is None
+    assert screening.screen_dtype("bfloat16", torch.float32, cpu) == torch.bfloat16  # asked
+    monkeypatch.setattr(screening, "fast_bfloat16", lambda device: True)
+    assert screening.screen_dtype("auto", torch.float32, cpu) == torch.bfloat16
+
+
+def test_results_record_whether_auto_screens_here(tiny_lm):
+    from dlmi.model.screening import fast_bfloat16
+
+    r = dlmi.invert(tiny_lm, [5, 6], prompt_length=2, steps=1)
+    assert r.config["screen"] == "auto"
+    assert r.provenance["bfloat16_native"] is fast_bfloat16(torch.device("cpu"))

@@ -52,12 +52,16 @@ def _git_commit() -> str | None:
 def provenance(device=None) -> dict:
     import torch
 
+    from dlmi.model.screening import fast_bfloat16
+
     dev = str(device) if device is not None else "cpu"
     name = torch.cuda.get_device_name(device) if dev.startswith("cuda") else platform.processor()
     return {
         **_static(),
         "device": dev,
         "device_name": name or platform.machine(),
+        # Whether screen=auto screens in bfloat16 here (dlmi.model.screening).
+        "bfloat16_native": fast_bfloat16(torch.device(dev)),
         "host": platform.node(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
