@@ -3,7 +3,8 @@
 Every `every` steps, W single-token swaps of the incumbent are drawn per source, at uniform
 positions, each new token uniform among the source's top-K at that position: z (dlmi-search's
 own proposals), grad (the incumbent's one-hot gradient, GCG's), lm (the model's next-token
-prediction given the prompt before it) and rand (uniform over the vocabulary). Each swap is
+prediction given the prompt before it), borda (the tokens best ranked by z and grad together:
+the sum of their two ranks) and rand (uniform over the vocabulary). Each swap is
 scored by the cw-prefix loss; a hit lowers the incumbent's loss. Writes one JSON line per
 (target, source, step) and prints the mean hit rate per source, early and late.
 Usage: python benchmarks/tuning/proposal_hits.py TARGETS.jsonl ID,ID,... OUT.jsonl
@@ -23,6 +24,11 @@ STEPS, EVERY, W, K, N = 72, 8, 32, 64, 10
 OBJECTIVE = "cw-prefix"
 
 
+def rank(scores: torch.Tensor) -> torch.Tensor:
+    """0 for the highest score of each position (..., V), V - 1 for the lowest."""
+    return scores.argsort(-1, descending=True).argsort(-1).float()
+
+
 def sources(dlm, state, target, mask, pos, pick, g):
     """The new token of every swap (B, W), per source."""
     inc = state.incumbent  # (B, N)
@@ -33,7 +39,9 @@ def sources(dlm, state, target, mask, pos, pick, g):
     with torch.no_grad():
         logp, first = dlm.prompt_log_probs(dlm.embed_prompt(inc))  # (B, N - first, V)
         lm_scores = torch.cat([torch.zeros(B, first, V), logp], 1)  # no prediction: uniform
+        borda = -(rank(state.Z.detach()) + rank(-onehot.grad))  # (B, N, V) high: both agree
         return {"z": top_k_pick(state.Z.detach(), pos, pick, K),
+                "borda": top_k_pick(borda, pos, pick, K),
                 "grad": top_k_pick(-onehot.grad, pos, pick, K),
                 "lm": top_k_pick(lm_scores, pos, pick, K),
                 "rand": torch.randint(V, pos.shape, generator=g)}
@@ -70,7 +78,7 @@ def main(targets_path: str, ids: list[str], out_path: str) -> None:
                                 "gain": float((inc_loss[b] - loss[b].min()).clamp_min(0))})
         with open(out_path, "w") as f:  # rewritten at each probe: an interrupted run keeps rows
             f.writelines(json.dumps(r) + "\n" for r in records)
-    for name in ("z", "grad", "lm", "rand"):
+    for name in ("z", "grad", "borda", "lm", "rand"):
         mine = [r for r in records if r["source"] == name]
         early = [r["hits"] for r in mine if r["step"] <= STEPS // 2]
         late = [r["hits"] for r in mine if r["step"] > STEPS // 2]
