@@ -643,8 +643,8 @@ class DLMISearch(DLMI):
         rows = (torch.arange(B, device=dev)[:, None] * P + parents).reshape(-1)  # (B * K,)
         args = (bases.reshape(B * P, N), cand.reshape(B * K, N), rows,
                 batch.target_ids.repeat_interleave(P, 0), batch.mask.repeat_interleave(P, 0))
-        low = screen_model(self.dlm, cfg.screen)
-        if low is None:
+        low = screen_model(self.dlm, cfg.screen) if K > cfg.screen_keep else None
+        if low is None:  # no screen, or it would keep every swap anyway
             loss, exact = self.dlm.variant_losses(*args, cfg.chunk_size, cfg.objective,
                                                   cfg.cw_margin)
             return loss.view(B, K), exact.view(B, K), None

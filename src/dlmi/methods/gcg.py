@@ -97,8 +97,8 @@ class GCG(IncumbentSearch):
         keep = torch.ones(B, W, dtype=torch.bool, device=cand.device) if keep is None else keep
         row = torch.arange(B, device=cand.device)[:, None].expand(B, W)[keep]  # (R,)
         args = (prompts, cand[keep], row, batch.target_ids, batch.mask)
-        low = screen_model(self.dlm, self.config.screen)
-        if low is None:
+        low = screen_model(self.dlm, self.config.screen) if W > self.config.screen_keep else None
+        if low is None:  # no screen, or it would keep every swap anyway
             scored, _ = self.dlm.variant_losses(*args, self.config.chunk_size)
         else:  # those the screen drops get +inf as well
             scored = screened_variant_losses(self.dlm, low, *args, self.config.screen_keep,
