@@ -2,9 +2,11 @@
 float32, measured in one run on the default model: B rows, W single-token swaps per row at
 uniform positions of a prompt that walks (each round moves to the float32 best swap, as a
 search does). Prints, per width W, the median seconds of both, the speed-up, and how often the
-float32 best swap is among those the screen keeps. With --steps K, also the seconds and FLOPs
-per whole step of dlmi-search and gcg (width 32, top-k 64), screen off against bfloat16, K
-steps after a warm-up on the same random targets (method_speed.py's timing). Then one JSON line.
+float32 best swap is among those the screen keeps, and how often the screen's "no better than
+its base" verdict on a dropped swap (what makes it leave Z's top tokens) is float32's. With
+--steps K, also the seconds and FLOPs per whole step of dlmi-search and gcg (width 32, top-k
+64), screen off against bfloat16, K steps after a warm-up on the same random targets
+(method_speed.py's timing). Then one JSON line.
 
     python benchmarks/screening.py [--model smollm2-135m] [--widths 32,64,128] [--rows 4]
         [--keep 4] [--rounds 5] [--steps 4]
@@ -30,7 +32,7 @@ def measure(dlm, low, width: int, rows: int, keep: int, rounds: int, objective: 
     target = torch.randint(V, (rows, M), generator=g)
     mask = torch.ones(rows, M, dtype=torch.bool)
     index = torch.arange(rows).repeat_interleave(width)  # (R,)
-    full_s, screen_s, found, regret = [], [], 0, []
+    full_s, screen_s, found, regret, agree, dropped = [], [], 0, [], 0, 0
     for _ in range(rounds):
         cand = base.repeat_interleave(width, 0)  # (R, N)
         pos = torch.randint(N, (rows * width,), generator=g)
@@ -42,6 +44,10 @@ def measure(dlm, low, width: int, rows: int, keep: int, rounds: int, objective: 
         s = screened_variant_losses(dlm, low, base, cand, index, target, mask, keep, 64,
                                     objective)
         screen_s.append(time.perf_counter() - t)
+        base_loss, _ = dlm.hard_losses(base, target, mask, 64, objective)  # (rows,)
+        out_ = ~s.kept  # the dropped swaps: the screen's verdict decides what Z forgets
+        agree += int((s.no_gain == (full >= base_loss[index]))[out_].sum())
+        dropped += int(out_.sum())
         full, got = full.view(rows, width), s.loss.view(rows, width)
         best = full.argmin(1)
         found += int(s.kept.view(rows, width)[torch.arange(rows), best].sum())
@@ -50,7 +56,8 @@ def measure(dlm, low, width: int, rows: int, keep: int, rounds: int, objective: 
     full_m, screen_m = statistics.median(full_s), statistics.median(screen_s)
     return {"width": width, "float32_s": full_m, "screened_s": screen_m,
             "speedup": full_m / screen_m, "best_kept": found / (rounds * rows),
-            "mean_regret": statistics.mean(regret)}
+            "mean_regret": statistics.mean(regret),
+            "verdict_agreement": agree / max(dropped, 1)}
 
 
 def whole_steps(lm, rows: int, steps: int) -> dict:
@@ -94,14 +101,14 @@ def main(argv=None) -> int:
     low.hard_losses(torch.zeros(1, 10, dtype=torch.long), torch.zeros(1, 10, dtype=torch.long),
                     torch.ones(1, 10, dtype=torch.bool))  # warm-up of the bfloat16 kernels
     print("| swaps per row | float32 s | screened s | speed-up | float32 best kept | "
-          "mean loss regret |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "mean loss regret | dropped swaps' no-gain verdict as float32's |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     out = []
     for i, w in enumerate(int(x) for x in args.widths.split(",")):
         r = measure(dlm, low, w, args.rows, args.keep, args.rounds, args.objective, seed=i)
         out.append(r)
         print(f"| {w} | {r['float32_s']:.2f} | {r['screened_s']:.2f} | {r['speedup']:.2f}x | "
-              f"{r['best_kept']:.0%} | {r['mean_regret']:.4f} |")
+              f"{r['best_kept']:.0%} | {r['mean_regret']:.4f} | {r['verdict_agreement']:.1%} |")
     steps = whole_steps(dlm.lm, args.rows, args.steps) if args.steps else {}
     print(json.dumps({"rows": args.rows, "keep": args.keep, "rounds": args.rounds,
                       "objective": args.objective, "results": out, "steps": steps}))
