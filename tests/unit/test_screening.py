@@ -131,3 +131,18 @@ def test_results_record_whether_auto_screens_here(tiny_lm):
     r = dlmi.invert(tiny_lm, [5, 6], prompt_length=2, steps=1)
     assert r.config["screen"] == "auto"
     assert r.provenance["bfloat16_native"] is fast_bfloat16(torch.device("cpu"))
+
+
+def test_without_verdicts_the_bases_are_not_scored_again(tiny_lm):
+    dlm = DifferentiableLM(tiny_lm)
+    low = dlm.lowered(torch.bfloat16)
+    base, cand, rows, target, mask = _swaps(tiny_lm, 4)
+    passes = dlm.compute.forward_passes
+    with_verdicts = screened_variant_losses(dlm, low, base, cand, rows, target, mask, keep=3)
+    cost = dlm.compute.forward_passes - passes
+    passes = dlm.compute.forward_passes
+    plain = screened_variant_losses(dlm, low, base, cand, rows, target, mask, keep=3,
+                                    verdicts=False)
+    assert plain.no_gain is None and with_verdicts.no_gain is not None
+    assert dlm.compute.forward_passes - passes == cost - base.shape[0]
+    assert torch.equal(plain.loss, with_verdicts.loss)

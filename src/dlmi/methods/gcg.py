@@ -102,7 +102,7 @@ class GCG(IncumbentSearch):
             scored, _ = self.dlm.variant_losses(*args, self.config.chunk_size)
         else:  # those the screen drops get +inf as well
             scored = screened_variant_losses(self.dlm, low, *args, self.config.screen_keep,
-                                             self.config.chunk_size).loss
+                                             self.config.chunk_size, verdicts=False).loss
         return torch.full((B, W), float("inf"), device=cand.device).masked_scatter(keep, scored)
 
     def step(self, state: IncumbentState, batch: Batch, step: int) -> StepOutput:
