@@ -17,6 +17,7 @@ import torch
 
 from dlmi.errors import UsageError
 from dlmi.model.dlm import DifferentiableLM
+from dlmi.model.screening import check_screen
 from dlmi.options import opt, option_hint
 
 
@@ -75,6 +76,26 @@ class MethodConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class ScreenOptions:
+    """The options of searches that score their swaps through a lower-precision screen
+    (dlmi.model.screening): mixed into their config before MethodConfig or its subclass."""
+    # A bfloat16 copy of the model scores every swap about twice as fast where bfloat16 is
+    # native (AMX or AVX512-BF16 CPUs, GPUs); the screen_keep best per row (and any the copy
+    # finds exact) are scored again in the model's own precision, which alone decides and
+    # proves.
+    screen: str = opt("auto", "score the swaps first in a lower precision: off, auto "
+                      "(bfloat16 where native and the model is float32), bfloat16, float16",
+                      "measured")
+    screen_keep: int = opt(4, "swaps per row scored again in the model's precision after the "
+                           "screen")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_screen(self.screen)
+        _at_least(self, "screen_keep", 1)
 
 
 def _positive(cfg, *names: str) -> None:

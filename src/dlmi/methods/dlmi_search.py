@@ -30,12 +30,12 @@ from dataclasses import dataclass, fields
 import torch
 
 from dlmi.errors import UsageError
-from dlmi.methods.base import Batch, StepOutput, _at_least, per_row, set_rows
+from dlmi.methods.base import Batch, ScreenOptions, StepOutput, _at_least, per_row, set_rows
 from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
 from dlmi.methods.registry import register
 from dlmi.model.dlm import OBJECTIVES, target_loss, won_positions
 from dlmi.model.optim import BatchedAdam
-from dlmi.model.screening import check_screen, screen_model, screened_variant_losses
+from dlmi.model.screening import screen_model, screened_variant_losses
 from dlmi.options import opt
 
 PROPOSALS = ("z", "gradient", "both")
@@ -43,7 +43,7 @@ POSITIONS = ("uniform", "late")
 
 
 @dataclass
-class DLMISearchConfig(GumbelPromptConfig):
+class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     # Defaults measured on our own Algorithm 2 targets (seed 7, benchmarks/tuning/), never on
     # the presets' targets; README "Defaults of dlmi-search" states the same values.
     samples: int = opt(
@@ -145,20 +145,9 @@ class DLMISearchConfig(GumbelPromptConfig):
     beam: int = opt(1, "distinct prompts the search stands on, sharing the swaps "
                     "(1: one incumbent)")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
-    # Scoring the swaps is most of a step's time. A bfloat16 copy of the model scores them
-    # about twice as fast where bfloat16 is native (AMX or AVX512-BF16 CPUs, GPUs); the
-    # screen_keep best per row (and any the copy finds exact) are scored again in the
-    # model's own precision, which alone decides and proves (dlmi.model.screening).
-    screen: str = opt("auto", "score the swaps first in a lower precision: off, auto "
-                      "(bfloat16 where native and the model is float32), bfloat16, float16",
-                      "measured")
-    screen_keep: int = opt(4, "swaps per row scored again in the model's precision after the "
-                           "screen")
 
     def __post_init__(self):
         super().__post_init__()
-        check_screen(self.screen)
-        _at_least(self, "screen_keep", 1)
         _at_least(self, "swaps", 0)
         _at_least(self, "chunk_size", 1)
         _at_least(self, "top_k", 1)

@@ -18,35 +18,27 @@ from dlmi.methods.base import (
     IncumbentSearch,
     IncumbentState,
     MethodConfig,
+    ScreenOptions,
     StepOutput,
     _at_least,
     per_row,
 )
 from dlmi.methods.registry import register
 from dlmi.model.dlm import masked_cross_entropy
-from dlmi.model.screening import check_screen, screen_model, screened_variant_losses
+from dlmi.model.screening import screen_model, screened_variant_losses
 from dlmi.options import opt
 
 
 @dataclass
-class GCGConfig(MethodConfig):
+class GCGConfig(ScreenOptions, MethodConfig):
     top_k: int = opt(256, 'candidate tokens per position (Zou et al. 2023)', 'Zou et al. 2023')
     search_width: int = opt(
         512, 'single-swap candidates per step (Zou et al. 2023)', 'Zou et al. 2023')
     chunk_size: int = opt(128, 'candidates per forward pass: bounds memory')
     filter_roundtrip: bool = opt(True, 'keep only prompts whose text re-tokenises to the same ids')
-    # As dlmi-search's: a lower-precision copy of the model scores every swap, the model
-    # itself the screen_keep best per row, and only its losses are used.
-    screen: str = opt("auto", "score the swaps first in a lower precision: off, auto "
-                      "(bfloat16 where native and the model is float32), bfloat16, float16",
-                      "measured")
-    screen_keep: int = opt(4, "swaps per row scored again in the model's precision after the "
-                           "screen")
 
     def __post_init__(self):
         super().__post_init__()
-        check_screen(self.screen)
-        _at_least(self, "screen_keep", 1)
         _at_least(self, "top_k", 1)
         _at_least(self, "search_width", 1)
         _at_least(self, "chunk_size", 1)
