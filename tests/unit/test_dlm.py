@@ -186,3 +186,30 @@ def test_no_grad_scoring_halves_its_chunk_on_out_of_memory(tiny_lm, variants):
         del dlm.model.forward
     torch.testing.assert_close(loss, expected[0])
     assert torch.equal(exact, expected[1]) and dlm._chunk_fits == 4
+
+
+def test_loss_and_exact_match_the_direct_formulas_and_a_tie_is_never_proof():
+    from dlmi.model.dlm import loss_and_exact, target_and_rival, target_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, 50, generator=g)  # (R, M, V)
+    target = logits.argmax(-1)  # every position won ...
+    target[3:, 2] = (target[3:, 2] + 1) % 50  # ... but in rows 3-5, where position 2 is lost
+    mask = torch.ones(6, 4, dtype=torch.bool)
+    masked_other = logits.scatter(-1, target[..., None], float("-inf")).amax(-1)
+    t, rival = target_and_rival(logits, target)
+    assert torch.equal(rival, masked_other)
+    assert torch.equal(t, logits.gather(-1, target[..., None])[..., 0])
+    for objective in ("ce", "cw", "cw-prefix", "cw-first"):
+        loss, exact = loss_and_exact(logits, target, mask, objective)
+        assert torch.allclose(loss, target_loss(logits, target, mask, objective))
+        assert exact.tolist() == [True] * 3 + [False] * 3
+    # The lost position masked out: proof again.
+    unscored = mask.clone()
+    unscored[:, 2] = False
+    assert loss_and_exact(logits, target, unscored, "cw-prefix")[1].all()
+    # A tie for the top is not proof, whatever index the target has.
+    tied = torch.zeros(1, 1, 5)
+    tied[0, 0, 1] = tied[0, 0, 3] = 2.0
+    for token in (1, 3):
+        assert not loss_and_exact(tied, torch.tensor([[token]]), mask[:1, :1], "cw")[1].item()

@@ -423,13 +423,13 @@ class DifferentiableLM:
             sl = slice(i, i + chunk)
             logits = self.teacher_forced_logits(self.embed_prompt(prompt_ids[sl]),
                                                 target_ids[sl], backward=False)  # (r, M, V)
-            loss = target_loss(logits, target_ids[sl], mask[sl], objective, margin)
+            loss, proof = loss_and_exact(logits, target_ids[sl], mask[sl], objective, margin)
             if self.fluency:
                 ids = prompt_ids[sl]
                 one_hot = F.one_hot(ids, self.vocab_size).to(self.W_E.dtype)
                 loss = loss + self.fluency_penalty(self.embed_prompt(ids), one_hot)
             losses.append(loss)
-            exact.append(proven_exact(logits, target_ids[sl], mask[sl]))
+            exact.append(proof)
         return torch.cat(losses), torch.cat(exact)
 
     @torch.no_grad()
@@ -509,8 +509,8 @@ class DifferentiableLM:
             self._count(r, embeds.shape[1], M, cached=S + start)
             logits = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=M,
                                 **with_cache(self.model, cache)).logits  # (r, M, V)
-            losses[idx] = target_loss(logits, targets, mask[b], objective, margin).float()
-            exact[idx] = proven_exact(logits, targets, mask[b])
+            loss, proof = loss_and_exact(logits, targets, mask[b], objective, margin)
+            losses[idx], exact[idx] = loss.float(), proof
         return losses, exact
 
     def target_mask(self, target_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -545,11 +545,33 @@ def won_positions(argmax: torch.Tensor, target_ids: torch.Tensor, mask: torch.Te
     return (argmax == target_ids) | ~mask.bool()
 
 
+def target_and_rival(logits: torch.Tensor, target_ids: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target token's logit and the best other token's logit, in float32: logits
+    (R, M, V), target_ids (R, M) -> 2 x (R, M).
+
+    One top-2 pass over the vocabulary, without a copy of the logits: the rival is the
+    runner-up where the target is on top, else the top. Scoring the swaps' logits this way
+    is about 4x faster on a CPU than a masked copy, its max and two argmaxes."""
+    top, index = logits.topk(2, dim=-1)  # (R, M, 2)
+    target = logits.gather(-1, target_ids[..., None])[..., 0]
+    rival = torch.where(index[..., 0] == target_ids, top[..., 1], top[..., 0])
+    return target.float(), rival.float()
+
+
+def strictly_won(target: torch.Tensor, rival: torch.Tensor, mask: torch.Tensor
+                 ) -> torch.Tensor:
+    """Positions whose target logit beats every other (target_and_rival's (R, M) pair), so
+    greedy decoding picks the target token whatever the tie rule, unscored ones (mask False)
+    counted as won: (R, M) bool. A tie counts as lost: the proof stays on the safe side."""
+    return (target > rival) | ~mask.bool()
+
+
 def proven_exact(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor
                  ) -> torch.Tensor:
-    """Teacher-forced logits (R, M, V) whose argmax is the target token at every scored
+    """Teacher-forced logits (R, M, V) whose target token beats every other at every scored
     position (mask (R, M)): greedy decoding then reproduces the target. -> (R,) bool."""
-    return won_positions(logits.argmax(-1), target_ids, mask).all(1)
+    return strictly_won(*target_and_rival(logits, target_ids), mask).all(1)
 
 
 def _one_more(mask: torch.Tensor, positions: torch.Tensor):
@@ -581,13 +603,16 @@ def masked_margin_loss(logits: torch.Tensor, target_ids: torch.Tensor, mask: tor
     nothing yet, and fixing the first miss pays for every won position behind it. There a
     position costs w * max(0, margin term): w = 1 still pays for losing them, w = 0 leaves
     them out until they are reached (a curriculum over the target)."""
-    logits = logits.float()
-    target = logits.gather(-1, target_ids[..., None])[..., 0]  # (B, M)
-    other = logits.scatter(-1, target_ids[..., None], float("-inf")).amax(-1)  # (B, M)
-    per_position = (other - target).clamp_min(-margin)
+    return margin_loss_of(*target_and_rival(logits, target_ids), mask, margin, after_miss)
+
+
+def margin_loss_of(target: torch.Tensor, rival: torch.Tensor, mask: torch.Tensor,
+                   margin: float = 1.0, after_miss: float | None = None) -> torch.Tensor:
+    """masked_margin_loss from target_and_rival's (B, M) pair -> (B,)."""
+    per_position = (rival - target).clamp_min(-margin)
     if after_miss is not None:
         with torch.no_grad():  # a step function of the logits: no gradient
-            won = won_positions(logits.argmax(-1), target_ids, mask)  # (B, M)
+            won = strictly_won(target, rival, mask)  # (B, M)
             # Positions up to and including the first miss (that one is positive anyway).
             reached = torch.cat([torch.ones_like(won[:, :1]), won[:, :-1]], 1).cumprod(1)
         per_position = torch.where(reached.bool(), per_position,
@@ -609,3 +634,16 @@ def target_loss(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tens
     if objective in MARGIN_OBJECTIVES:
         return masked_margin_loss(logits, target_ids, mask, margin, MARGIN_OBJECTIVES[objective])
     return masked_cross_entropy(logits, target_ids, mask)
+
+
+def loss_and_exact(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
+                   objective: str = "ce", margin: float = 1.0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """target_loss and proven_exact of the same logits (R, M, V) -> (R,), (R,) bool, with a
+    margin objective from a single top-2 pass over the vocabulary."""
+    if objective not in MARGIN_OBJECTIVES:
+        return masked_cross_entropy(logits, target_ids, mask), proven_exact(logits, target_ids,
+                                                                            mask)
+    target, rival = target_and_rival(logits, target_ids)
+    return (margin_loss_of(target, rival, mask, margin, MARGIN_OBJECTIVES[objective]),
+            strictly_won(target, rival, mask).all(1))
