@@ -16,14 +16,12 @@ import json
 import sys
 
 import torch
+from proposal_hits import OBJECTIVE, STEPS, N, search_on  # sibling script
 
-from dlmi.methods.base import Batch, row_generators
-from dlmi.methods.dlmi_search import DLMISearch, DLMISearchConfig
-from dlmi.model.dlm import DifferentiableLM, target_loss
-from dlmi.model.models import load_model
+from dlmi.model.dlm import target_loss
 
-STEPS, EVERY, K, N = 72, 8, 64, 10
-OBJECTIVE = "cw-prefix"
+EVERY = 8  # steps between probes
+K = 64  # Z's top tokens scored at every position
 
 
 def gradient(dlm, inc, target, mask):
@@ -70,14 +68,8 @@ def rate(records, weight) -> float:
 
 
 def main(targets_path: str, ids: list[str], out_path: str) -> None:
-    torch.manual_seed(0)
-    dlm = DifferentiableLM(load_model("smollm2-135m", device="cpu"))
-    rows = {r["id"]: r for r in map(json.loads, open(targets_path))}
-    target = torch.tensor([rows[i]["target_ids"] for i in ids])  # (B, M)
-    mask = torch.ones_like(target, dtype=torch.bool)
-    method = DLMISearch(DLMISearchConfig(prompt_length=N, objective=OBJECTIVE, screen="off"),
-                        dlm)
-    batch = Batch(target, mask, row_generators(list(range(len(ids))), torch.device("cpu")))
+    dlm, method, batch = search_on(targets_path, ids, screen="off")
+    target, mask = batch.target_ids, batch.mask
     state = method.init_state(batch)
     records = []
     for step in range(1, STEPS + 1):

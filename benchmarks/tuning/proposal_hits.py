@@ -47,14 +47,22 @@ def sources(dlm, state, target, mask, pos, pick, g):
                 "rand": torch.randint(V, pos.shape, generator=g)}
 
 
-def main(targets_path: str, ids: list[str], out_path: str) -> None:
+def search_on(targets_path: str, ids: list[str], **options):
+    """A dlmi-search (N, OBJECTIVE, options) on the default model over the targets `ids` of a
+    targets file: (dlm, method, batch); the batch's target and mask are (B, M)."""
     torch.manual_seed(0)
     dlm = DifferentiableLM(load_model("smollm2-135m", device="cpu"))
     rows = {r["id"]: r for r in map(json.loads, open(targets_path))}
     target = torch.tensor([rows[i]["target_ids"] for i in ids])  # (B, M)
     mask = torch.ones_like(target, dtype=torch.bool)
-    method = DLMISearch(DLMISearchConfig(prompt_length=N, objective=OBJECTIVE), dlm)
+    method = DLMISearch(DLMISearchConfig(prompt_length=N, objective=OBJECTIVE, **options), dlm)
     batch = Batch(target, mask, row_generators(list(range(len(ids))), torch.device("cpu")))
+    return dlm, method, batch
+
+
+def main(targets_path: str, ids: list[str], out_path: str) -> None:
+    dlm, method, batch = search_on(targets_path, ids)
+    target, mask = batch.target_ids, batch.mask
     state = method.init_state(batch)
     g = torch.Generator().manual_seed(1)
     B, records = len(ids), []
