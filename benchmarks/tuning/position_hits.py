@@ -8,8 +8,10 @@ gradient readings: the linear gain predicted for the best of those K tokens
 (grad[p, current] - min grad[p, top-K]) and the gradient's norm at p. It prints the hit rate
 that swaps would get with positions drawn uniformly (dlmi-search's default), towards the end
 ("late"), and in proportion to each gradient reading, so a position rule is measured
-offline before any sweep.
-Usage: python benchmarks/tuning/position_hits.py TARGETS.jsonl ID,ID,... OUT.jsonl
+offline before any sweep. Each record also holds which of the K ranks improved
+(`rank_hits`, a string of 0/1, rank 1 first), and the run prints the hit rate per rank band,
+so the top_k of the proposals and a rank weighting are measured the same way.
+Usage: python benchmarks/tuning/position_hits.py TARGETS.jsonl ID,ID,... OUT.jsonl [K [EVERY]]
 """
 
 import json
@@ -20,8 +22,8 @@ from proposal_hits import OBJECTIVE, STEPS, N, search_on  # sibling script
 
 from dlmi.model.dlm import target_loss
 
-EVERY = 8  # steps between probes
-K = 64  # Z's top tokens scored at every position
+EVERY = int(sys.argv[5]) if len(sys.argv) > 5 else 8  # steps between probes
+K = int(sys.argv[4]) if len(sys.argv) > 4 else 64  # Z's top tokens scored at every position
 
 
 def gradient(dlm, inc, target, mask):
@@ -34,7 +36,8 @@ def gradient(dlm, inc, target, mask):
 
 
 def probe(dlm, state, target, mask):
-    """Per row and position: hit share, best gain, predicted gain, gradient norm: 4 x (B, N)."""
+    """Per row and position: hit share, best gain, predicted gain, gradient norm: 4 x (B, N),
+    and which of Z's K top tokens there improve: (B, N, K) bool, rank 1 first."""
     inc = state.incumbent  # (B, N)
     B = inc.shape[0]
     grad = gradient(dlm, inc, target, mask)  # (B, N, V)
@@ -50,8 +53,9 @@ def probe(dlm, state, target, mask):
         gain = inc_loss[:, None, None] - loss  # (B, N, K)
         now = grad.gather(2, inc[..., None])  # (B, N, 1)
         predicted = (now - grad.gather(2, top)).amax(-1).clamp_min(0)  # (B, N)
-        return ((gain > 1e-6).float().mean(-1), gain.amax(-1).clamp_min(0), predicted,
-                grad.norm(dim=-1))
+        hit = gain > 1e-6
+        return (hit.float().mean(-1), gain.amax(-1).clamp_min(0), predicted, grad.norm(dim=-1),
+                hit)
 
 
 def rate(records, weight) -> float:
@@ -76,13 +80,14 @@ def main(targets_path: str, ids: list[str], out_path: str) -> None:
         method.step(state, batch, step)
         if step % EVERY:
             continue
-        hits, best, predicted, norm = probe(dlm, state, target, mask)
+        hits, best, predicted, norm, hit = probe(dlm, state, target, mask)
         for b in range(len(ids)):
             for p in range(N):
                 records.append({"target_id": ids[b], "step": step, "position": p,
                                 "hits": float(hits[b, p]), "best_gain": float(best[b, p]),
                                 "predicted_gain": float(predicted[b, p]),
-                                "grad_norm": float(norm[b, p])})
+                                "grad_norm": float(norm[b, p]),
+                                "rank_hits": "".join("01"[int(h)] for h in hit[b, p])})
         with open(out_path, "w") as f:  # rewritten at each probe: an interrupted run keeps rows
             f.writelines(json.dumps(r) + "\n" for r in records)
     rules = {"uniform": lambda rs: [1.0] * len(rs),
@@ -95,6 +100,17 @@ def main(targets_path: str, ids: list[str], out_path: str) -> None:
                        ("steps 37-72", lambda s: s > STEPS // 2)):
         mine = [r for r in records if keep(r["step"])]
         print(half, "  ".join(f"{name}: {rate(mine, w):.3f}" for name, w in rules.items()))
+
+
+    bands = [(lo, min(2 * lo - 1, K)) for lo in (1, 2, 4, 8, 16, 32, 64, 128, 256) if lo <= K]
+    print("hit rate by Z's rank:", "  ".join(
+        f"{lo}-{hi}: {rank_rate(records, lo, hi):.3f}" for lo, hi in bands))
+
+
+def rank_rate(records, lo: int, hi: int) -> float:
+    """Share of the swaps to Z's ranks lo..hi (1-based) that improved, over all records."""
+    picked = [c for r in records for c in r["rank_hits"][lo - 1:hi]]
+    return sum(c == "1" for c in picked) / max(len(picked), 1)
 
 
 if __name__ == "__main__":
