@@ -18,21 +18,10 @@ import json
 import sys
 
 import torch
-from proposal_hits import OBJECTIVE, STEPS, N, search_on  # sibling script
-
-from dlmi.model.dlm import target_loss
+from proposal_hits import OBJECTIVE, STEPS, N, gradient, search_on  # sibling script
 
 EVERY = int(sys.argv[5]) if len(sys.argv) > 5 else 8  # steps between probes
 K = int(sys.argv[4]) if len(sys.argv) > 4 else 64  # Z's top tokens scored at every position
-
-
-def gradient(dlm, inc, target, mask):
-    """The incumbent's (B, N) one-hot gradient of the loss: (B, N, V)."""
-    V = dlm.W_E.shape[0]
-    onehot = torch.nn.functional.one_hot(inc, V).float().requires_grad_(True)
-    logits = dlm.teacher_forced_logits(onehot @ dlm.W_E, target, soft_positions=N)
-    target_loss(logits, target, mask, OBJECTIVE).sum().backward()
-    return onehot.grad
 
 
 def probe(dlm, state, target, mask):

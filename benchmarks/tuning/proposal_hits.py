@@ -29,20 +29,27 @@ def rank(scores: torch.Tensor) -> torch.Tensor:
     return scores.argsort(-1, descending=True).argsort(-1).float()
 
 
+def gradient(dlm, inc, target, mask):
+    """The incumbent's (B, N) one-hot gradient of the loss: (B, N, V)."""
+    V = dlm.W_E.shape[0]
+    onehot = torch.nn.functional.one_hot(inc, V).float().requires_grad_(True)
+    logits = dlm.teacher_forced_logits(onehot @ dlm.W_E, target, soft_positions=N)
+    target_loss(logits, target, mask, OBJECTIVE).sum().backward()
+    return onehot.grad
+
+
 def sources(dlm, state, target, mask, pos, pick, g):
     """The new token of every swap (B, W), per source."""
     inc = state.incumbent  # (B, N)
     B, V = inc.shape[0], dlm.W_E.shape[0]
-    onehot = torch.nn.functional.one_hot(inc, V).float().requires_grad_(True)  # (B, N, V)
-    logits = dlm.teacher_forced_logits(onehot @ dlm.W_E, target, soft_positions=N)
-    target_loss(logits, target, mask, OBJECTIVE).sum().backward()
+    grad = gradient(dlm, inc, target, mask)  # (B, N, V)
     with torch.no_grad():
         logp, first = dlm.prompt_log_probs(dlm.embed_prompt(inc))  # (B, N - first, V)
         lm_scores = torch.cat([torch.zeros(B, first, V), logp], 1)  # no prediction: uniform
-        borda = -(rank(state.Z.detach()) + rank(-onehot.grad))  # (B, N, V) high: both agree
+        borda = -(rank(state.Z.detach()) + rank(-grad))  # (B, N, V) high: both agree
         return {"z": top_k_pick(state.Z.detach(), pos, pick, K),
                 "borda": top_k_pick(borda, pos, pick, K),
-                "grad": top_k_pick(-onehot.grad, pos, pick, K),
+                "grad": top_k_pick(-grad, pos, pick, K),
                 "lm": top_k_pick(lm_scores, pos, pick, K),
                 "rand": torch.randint(V, pos.shape, generator=g)}
 
