@@ -249,8 +249,8 @@ def test_late_positions_weight_swaps_towards_the_end(tiny_lm, monkeypatch):
     drawn = {}
     real = DLMISearch._propose
 
-    def spy(self, state, batch, grad):
-        cand, pos, tokens = real(self, state, batch, grad)
+    def spy(self, state, batch, grad, *rest):
+        cand, pos, tokens = real(self, state, batch, grad, *rest)
         drawn.setdefault(self.config.positions, []).append(pos.flatten())
         return cand, pos, tokens
 
@@ -277,8 +277,8 @@ def _spy_proposals(monkeypatch):
     proposed, forgotten = [], []
     real_propose, real_forget = DLMISearch._propose, DLMISearch._forget
 
-    def spy_propose(self, state, batch, grad):
-        cand, pos, tokens = real_propose(self, state, batch, grad)
+    def spy_propose(self, state, batch, grad, *rest):
+        cand, pos, tokens = real_propose(self, state, batch, grad, *rest)
         proposed.append({"changed": (cand != state.incumbent[:, None]).sum(-1),
                          "tokens": tokens.clone(), "target": batch.target_ids.clone(),
                          "pos": pos.clone(), "incumbent": state.incumbent.clone(),
@@ -543,3 +543,45 @@ def test_max_overlap_bounds_what_target_swaps_put_in_the_prompt(tiny_lm):
     capped = dlmi.invert(tiny_lm, target, max_overlap=0.2, **options)
     assert overlap_rate(free.prompt_ids, target) > 0.2  # target swaps fill the prompt
     assert overlap_rate(capped.prompt_ids, target) <= 0.2
+
+
+def test_rounds_score_the_swaps_in_turns_each_changing_the_last_winner(tiny_lm, monkeypatch):
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    dlm = DifferentiableLM(tiny_lm)
+    target = torch.tensor([hidden_prompt_target(tiny_lm, 9, target_len=8)])
+    mask = torch.ones_like(target, dtype=torch.bool)
+    calls = []  # per _score call: the base prompt, the swaps, their losses
+    real = DLMISearch._score
+
+    def spy(self, bases, cand, batch, parents=None):
+        out = real(self, bases, cand, batch, parents)
+        calls.append((bases[0, 0].clone(), cand[0].clone(), out[0][0].clone()))
+        return out
+
+    monkeypatch.setattr(DLMISearch, "_score", spy)
+    steps = list(_clone_states(_drive(tiny_lm, 10, swaps=7, rounds=3)))
+    assert [c[1].shape[0] for c in calls] == [2, 2, 3] * 10  # 7 swaps: 2 + 2 + the rest
+    moved = 0
+    for (base, cand, loss), (next_base, _, _) in zip(calls, calls[1:], strict=False):
+        won = loss.argmin()
+        base_loss, _ = dlm.hard_losses(base[None], target, mask, objective="cw-prefix")
+        if len(cand) == 2:  # an early round: the next round changes its winner if it won
+            expected = cand[won] if loss[won] < base_loss[0] - 1e-5 else base
+            if loss[won] < base_loss[0] - 1e-5:
+                moved += 1
+            if abs(float(loss[won] - base_loss[0])) > 1e-5:  # no float tie: the move is clear
+                assert torch.equal(next_base, expected)
+    assert moved > 0  # early rounds did move the incumbent
+    best_losses = [loss for _, _, loss in steps]
+    assert all(b <= a for a, b in zip(best_losses[:-1], best_losses[1:], strict=True))
+
+
+def test_rounds_that_cannot_be_run_are_usage_errors():
+    from dlmi.errors import UsageError
+
+    with pytest.raises(UsageError, match="rounds \\(5\\) needs at least as many swaps"):
+        DLMISearchConfig(swaps=4, rounds=5)
+    for extra in (dict(merge=2), dict(copy_target=0.25), dict(beam=2)):
+        with pytest.raises(UsageError, match="rounds > 1 does not combine with"):
+            DLMISearchConfig(swaps=8, rounds=2, **extra)

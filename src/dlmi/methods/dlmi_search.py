@@ -144,6 +144,13 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     # step (patience) moves the whole beam to the best distinct proposals.
     beam: int = opt(1, "distinct prompts the search stands on, sharing the swaps "
                     "(1: one incumbent)")
+    # First improvement within a step: the swaps are scored in `rounds` rounds, and each round
+    # but the last moves the incumbent to its best swap when that improves it, so the next
+    # round's swaps change the winner. One hit is about all 32 swaps find (one in 25-30 swaps
+    # lowers the loss), so two rounds of 16 can take two improvements for the cost of one
+    # round of 32.
+    rounds: int = opt(1, "rounds the swaps of a step are split into, each but the last moving "
+                      "the incumbent to its best improving swap (1: one round, as GCG)")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
 
     def __post_init__(self):
@@ -159,6 +166,18 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
         _at_least(self, "merge", 0)
         _at_least(self, "copy_length", 1)
         _at_least(self, "beam", 1)
+        _at_least(self, "rounds", 1)
+        if self.rounds > 1:
+            if self.rounds > max(self.swaps, 1):
+                raise UsageError(f"rounds ({self.rounds}) needs at least as many swaps: "
+                                 f"set --set swaps={self.rounds} or more, or fewer rounds")
+            for name in ("merge", "copy_target"):
+                if getattr(self, name):
+                    raise UsageError(f"rounds > 1 does not combine with {name}: "
+                                     f"set --set {name}=0 or --set rounds=1")
+            if self.beam > 1:
+                raise UsageError("rounds > 1 does not combine with beam: "
+                                 "set --set beam=1 or --set rounds=1")
         if self.beam > 1:
             if self.beam > self.swaps:
                 raise UsageError(f"beam ({self.beam}) needs at least as many swaps: "
@@ -253,6 +272,21 @@ class DLMISearch(DLMI):
         samples, sample_loss, sample_exact, tau, train_argmax, grad = self._gradient_step(
             state, batch)
         with torch.no_grad():
+            widths = self._round_widths() if cfg.swaps else [0]
+            early = torch.zeros(B, dtype=torch.bool, device=dev)  # best improved before the last
+            if len(widths) > 1:
+                if cfg.anchor:  # its loss, fresh from the training forward, is the bar
+                    state.incumbent_loss = sample_loss[:, 0]
+                    state.incumbent_exact = sample_exact[:, 0]
+                for W in widths[:-1]:
+                    early |= self._early_round(state, batch, grad, W)
+                if cfg.anchor:  # the pool's first prompt is the incumbent as it now stands
+                    samples, sample_loss, sample_exact = (samples.clone(), sample_loss.clone(),
+                                                          sample_exact.clone())
+                    samples[:, 0] = state.incumbent
+                    sample_loss[:, 0] = state.incumbent_loss
+                    sample_exact[:, 0] = state.incumbent_exact
+            W = widths[-1]  # the last round's swaps
             if cfg.anchor:  # sample 0 is the incumbent, just scored by the training forward
                 pools, losses, exacts = [samples], [sample_loss], [sample_exact]
             else:
@@ -265,10 +299,10 @@ class DLMISearch(DLMI):
                 pools.append(state.beam[:, 1:])
                 losses.append(state.beam_loss[:, 1:])
                 exacts.append(state.beam_exact[:, 1:])
-            if cfg.swaps:
-                parents = self._parents(dev)  # (W,) the beam member each swap changes
-                cand, pos, tokens = self._propose(state, batch, grad)  # (B, W, N), (B, W) x2
-                if self._copies():
+            if W:
+                parents = self._parents(dev, W)  # (W,) the beam member each swap changes
+                cand, pos, tokens = self._propose(state, batch, grad, W)  # (B, W, N), (B, W) x2
+                if self._copies(W):
                     self._copy_target(cand, state.incumbent, batch, train_argmax)
                 cand_loss, cand_exact, no_gain = self._score(self._bases(state), cand, batch,
                                                              parents)
@@ -276,14 +310,8 @@ class DLMISearch(DLMI):
                 rejected = cand_loss >= base_loss
                 if no_gain is not None:  # the screen's verdict where the model did not score
                     rejected = torch.where(cand_loss.isfinite(), rejected, no_gain)
-                # Two-position moves, copies and shifts neither leave Z's top tokens nor merge:
-                # their new token is not to blame alone.
-                single = (torch.arange(cfg.swaps, device=dev)
-                          >= self._paired() + self._copies() + self._shifted())
-                from_z = (torch.arange(cfg.swaps, device=dev)
-                          < cfg.swaps - self._targeted() - self._fluent())
-                if cfg.forget_rejected and cfg.proposal != "gradient":
-                    self._forget(state, pos, tokens, rejected & single & from_z)
+                single = self._single(W, dev)
+                self._forget_rejected(state, pos, tokens, rejected, W)
                 pools.append(cand)
                 losses.append(cand_loss)
                 exacts.append(cand_exact)
@@ -297,23 +325,16 @@ class DLMISearch(DLMI):
                     losses.append(merged_loss)
                     exacts.append(merged_exact)
             pool = torch.cat(pools, 1)  # (B, K, N); the incumbent first, so ties keep it
-            pool_loss = torch.cat(losses, 1)  # (B, K)
-            pool_exact = torch.cat(exacts, 1)
-            if cfg.roundtrip:  # a prompt that does not survive as text is never kept
-                safe = self.dlm.round_trips(pool)  # (B, K)
-                pool_loss = pool_loss.masked_fill(~safe, float("inf"))
-                pool_exact = pool_exact & safe
-            if cfg.max_overlap < 1.0:  # nor one that holds too much of the target
-                over = self._overlap(pool, batch) > cfg.max_overlap + 1e-6  # (B, K)
-                pool_loss = pool_loss.masked_fill(over, float("inf"))
-                pool_exact = pool_exact & ~over
+            pool_loss, pool_exact = self._admissible(pool, torch.cat(losses, 1),
+                                                     torch.cat(exacts, 1), batch)  # (B, K) x2
             # An exact prompt beats any inexact one, then the lower loss.
             key = pool_loss - pool_exact.float() * 1e9  # (B, K)
             top = key.argmin(1)
             improved = key[rows, top] < (state.best_loss - state.best_exact.float() * 1e9)
-            state.stall = torch.where(improved, 0, state.stall + 1)
             set_rows(state, "best", improved, pool[rows, top], pool_loss[rows, top],
                       pool_exact[rows, top])
+            improved |= early
+            state.stall = torch.where(improved, 0, state.stall + 1)
             # Move to the step's best proposal when it improves, or when stalled too long.
             kick = (state.stall >= cfg.patience) if cfg.patience else torch.zeros_like(improved)
             kick &= pool.shape[1] > 1
@@ -365,6 +386,58 @@ class DLMISearch(DLMI):
             key = key.masked_fill(seen, float("inf"))
         return key.argmin(1) + 1
 
+    def _early_round(self, state: DLMISearchState, batch: Batch, grad: torch.Tensor | None,
+                     W: int) -> torch.Tensor:
+        """A round before a step's last: W swaps of the incumbent scored, the incumbent moved
+        to the best of them where it improves, and the best prompt with it where better
+        still. -> (B,) bool: the rows whose best improved."""
+        rows = torch.arange(batch.size, device=state.incumbent.device)
+        cand, pos, tokens = self._propose(state, batch, grad, W)  # (B, W, N), (B, W) x2
+        loss, exact, no_gain = self._score(state.incumbent[:, None], cand, batch)  # (B, W)
+        rejected = loss >= state.incumbent_loss[:, None]
+        if no_gain is not None:  # the screen's verdict where the model did not score
+            rejected = torch.where(loss.isfinite(), rejected, no_gain)
+        self._forget_rejected(state, pos, tokens, rejected, W)
+        loss, exact = self._admissible(cand, loss, exact, batch)
+        key = loss - exact.float() * 1e9  # (B, W)
+        top = key.argmin(1)
+        won = key[rows, top]
+        better = won < state.incumbent_loss - state.incumbent_exact.float() * 1e9
+        set_rows(state, "incumbent", better, cand[rows, top], loss[rows, top], exact[rows, top])
+        improved = won < state.best_loss - state.best_exact.float() * 1e9
+        set_rows(state, "best", improved, cand[rows, top], loss[rows, top], exact[rows, top])
+        return improved
+
+    def _single(self, W: int, device) -> torch.Tensor:
+        """Which of a round's W swaps change one position alone: (W,) bool. Two-position
+        moves, copies and shifts neither leave Z's top tokens nor merge: their new token is
+        not to blame alone."""
+        return (torch.arange(W, device=device)
+                >= self._paired(W) + self._copies(W) + self._shifted(W))
+
+    def _forget_rejected(self, state: DLMISearchState, pos: torch.Tensor, tokens: torch.Tensor,
+                         rejected: torch.Tensor, W: int) -> None:
+        """forget_rejected: the rejected (B, W) single swaps whose token Z proposed."""
+        cfg = self.config
+        if not cfg.forget_rejected or cfg.proposal == "gradient":
+            return
+        from_z = (torch.arange(W, device=pos.device)
+                  < W - self._targeted(W) - self._fluent(W))
+        self._forget(state, pos, tokens, rejected & self._single(W, pos.device) & from_z)
+
+    def _admissible(self, pool: torch.Tensor, loss: torch.Tensor, exact: torch.Tensor,
+                    batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """loss and exact (B, K) of the prompts pool (B, K, N), with +inf and False where a
+        prompt may not be kept: it does not survive as text (roundtrip) or holds too much of
+        the target (max_overlap)."""
+        if self.config.roundtrip:
+            safe = self.dlm.round_trips(pool)  # (B, K)
+            loss, exact = loss.masked_fill(~safe, float("inf")), exact & safe
+        if self.config.max_overlap < 1.0:
+            over = self._overlap(pool, batch) > self.config.max_overlap + 1e-6  # (B, K)
+            loss, exact = loss.masked_fill(over, float("inf")), exact & ~over
+        return loss, exact
+
     def _gradient_step(self, state: DLMISearchState, batch: Batch):
         """One Adam step on Z and Phi from S straight-through Gumbel-Softmax samples.
 
@@ -404,16 +477,17 @@ class DLMISearch(DLMI):
         return (samples, per_sample.detach(), exact, tau.detach(), argmax.view(B, S, -1)[:, 0],
                 grad)
 
-    def _propose(self, state: DLMISearchState, batch: Batch, grad: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Single-token changes of the incumbent: (B, W, N), and their positions and new
-        tokens (B, W). Position uniform (or weighted towards the end: positions=late); the new
-        token drawn uniformly from the top_k tokens of Z at that position (proposal z), or of
-        the anchor's negative gradient (proposal gradient, as in GCG), or half of each (both)."""
+    def _propose(self, state: DLMISearchState, batch: Batch, grad: torch.Tensor | None,
+                 W: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """W (default: swaps) single-token changes of the incumbent: (B, W, N), and their
+        positions and new tokens (B, W). Position uniform (or weighted towards the end:
+        positions=late); the new token drawn uniformly from the top_k tokens of Z at that
+        position (proposal z), or of the anchor's negative gradient (proposal gradient, as in
+        GCG), or half of each (both)."""
         cfg = self.config
         Z = state.Z.detach()  # (B, N, V)
         B, N, V = Z.shape
-        W, dev = cfg.swaps, Z.device
+        W, dev = self._width(W), Z.device
         if cfg.positions == "late":
             weight = torch.arange(1, N + 1, dtype=torch.float, device=dev)
             pos = per_row(batch.generators, lambda g: torch.multinomial(
@@ -435,16 +509,16 @@ class DLMISearch(DLMI):
         else:  # both: even swaps from the gradient, odd ones from Z
             tokens = torch.where(torch.arange(W, device=dev) % 2 == 0, pick_top(-grad),
                                  pick_top(Z))
-        T, L = self._targeted(), self._fluent()
+        T, L = self._targeted(W), self._fluent(W)
         if T:
             tokens[:, W - T:] = self._target_tokens(batch, tokens[:, W - T:])
         if L:  # the L swaps before the targeted ones
             span = slice(W - T - L, W - T)
             tokens[:, span] = self._model_tokens(state.incumbent, pos[:, span], pick[:, span],
                                                  tokens[:, span])
-        parents = self._bases(state)[:, self._parents(dev)]  # (B, W, N) what each changes
+        parents = self._bases(state)[:, self._parents(dev, W)]  # (B, W, N) what each changes
         cand = parents.clone().scatter_(2, pos[..., None], tokens[..., None])
-        P = self._paired()
+        P = self._paired(W)
         if P and N > 1:  # a second position, never the first one, for the first P swaps
             shift = per_row(batch.generators,
                             lambda g: torch.randint(1, N, (P,), generator=g, device=dev))
@@ -453,9 +527,9 @@ class DLMISearch(DLMI):
                             lambda g: torch.randint(k, (P,), generator=g, device=dev))
             tokens2 = top_k_pick(Z, pos2, pick2, k)  # (B, P)
             cand[:, :P].scatter_(2, pos2[..., None], tokens2[..., None])
-        H = self._shifted()
+        H = self._shifted(W)
         if H and N > 1:  # after the copies: delete a token elsewhere, insert at pos
-            span = slice(P + self._copies(), P + self._copies() + H)
+            span = slice(P + self._copies(W), P + self._copies(W) + H)
             gap = per_row(batch.generators,
                           lambda g: torch.randint(1, N, (H,), generator=g, device=dev))
             cand[:, span] = self._shift(parents[:, span], (pos[:, span] + gap) % N,
@@ -475,14 +549,14 @@ class DLMISearch(DLMI):
         out = base.gather(-1, src.clamp_max(N - 1))
         return torch.where(i == put[..., None], tokens[..., None], out)
 
-    def _targeted(self) -> int:
+    def _targeted(self, W: int | None = None) -> int:
         """How many of a step's swaps (the last ones) draw their token from the target."""
-        return round(self.config.from_target * self.config.swaps)
+        return round(self.config.from_target * self._width(W))
 
-    def _fluent(self) -> int:
+    def _fluent(self, W: int | None = None) -> int:
         """How many of a step's swaps (just before the targeted ones) take the model's own
         prediction."""
-        return round(self.config.from_lm * self.config.swaps)
+        return round(self.config.from_lm * self._width(W))
 
     def _model_tokens(self, incumbent: torch.Tensor, pos: torch.Tensor, pick: torch.Tensor,
                       fallback: torch.Tensor) -> torch.Tensor:
@@ -508,13 +582,13 @@ class DLMISearch(DLMI):
                 out[b] = local[b, choice]
         return out
 
-    def _shifted(self) -> int:
+    def _shifted(self, W: int | None = None) -> int:
         """How many of a step's swaps (after the copies) are insertion moves."""
-        return round(self.config.shifts * self.config.swaps)
+        return round(self.config.shifts * self._width(W))
 
-    def _copies(self) -> int:
+    def _copies(self, W: int | None = None) -> int:
         """How many of a step's swaps (after the paired ones) copy target tokens."""
-        return round(self.config.copy_target * self.config.swaps)
+        return round(self.config.copy_target * self._width(W))
 
     def _copy_target(self, cand: torch.Tensor, incumbent: torch.Tensor, batch: Batch,
                      anchor_argmax: torch.Tensor) -> None:
@@ -544,11 +618,11 @@ class DLMISearch(DLMI):
         """The prompts swaps change: the incumbent, then the beam's runners-up: (B, P, N)."""
         return torch.cat([state.incumbent[:, None], state.beam[:, 1:]], 1)
 
-    def _parents(self, device) -> torch.Tensor:
-        """The beam member (0: the incumbent) each of a step's swaps changes: in turn, and
+    def _parents(self, device, W: int | None = None) -> torch.Tensor:
+        """The beam member (0: the incumbent) each of a round's W swaps changes: in turn, and
         the incumbent for the copies, which read its first miss. -> (W,)"""
-        parents = torch.arange(self.config.swaps, device=device) % self.config.beam
-        parents[self._paired():self._paired() + self._copies()] = 0
+        parents = torch.arange(self._width(W), device=device) % self.config.beam
+        parents[self._paired(W):self._paired(W) + self._copies(W)] = 0
         return parents
 
     def _overlap(self, pool: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -563,9 +637,18 @@ class DLMISearch(DLMI):
         counted = counted[:, None].float()
         return (found * counted).sum(-1) / counted.sum(-1).clamp_min(1.0)
 
-    def _paired(self) -> int:
+    def _width(self, W: int | None) -> int:
+        """A round's swaps: W, or by default all of a step's."""
+        return self.config.swaps if W is None else W
+
+    def _round_widths(self) -> list[int]:
+        """The swaps of each round of a step, the remainder in the last: sums to swaps."""
+        R, W = self.config.rounds, self.config.swaps
+        return [W // R] * (R - 1) + [W - (W // R) * (R - 1)]
+
+    def _paired(self, W: int | None = None) -> int:
         """How many of a step's swaps (the first ones) change two positions."""
-        return round(self.config.pairs * self.config.swaps)
+        return round(self.config.pairs * self._width(W))
 
     def _merge(self, incumbent: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor,
                cand_loss: torch.Tensor, incumbent_loss: torch.Tensor) -> torch.Tensor:
