@@ -307,9 +307,7 @@ class DLMISearch(DLMI):
                 cand_loss, cand_exact, no_gain = self._score(self._bases(state), cand, batch,
                                                              parents)
                 base_loss = torch.cat([losses[0][:, :1], state.beam_loss[:, 1:]], 1)[:, parents]
-                rejected = cand_loss >= base_loss
-                if no_gain is not None:  # the screen's verdict where the model did not score
-                    rejected = torch.where(cand_loss.isfinite(), rejected, no_gain)
+                rejected = self._rejected(cand_loss, base_loss, no_gain)
                 single = self._single(W, dev)
                 self._forget_rejected(state, pos, tokens, rejected, W)
                 pools.append(cand)
@@ -394,9 +392,7 @@ class DLMISearch(DLMI):
         rows = torch.arange(batch.size, device=state.incumbent.device)
         cand, pos, tokens = self._propose(state, batch, grad, W)  # (B, W, N), (B, W) x2
         loss, exact, no_gain = self._score(state.incumbent[:, None], cand, batch)  # (B, W)
-        rejected = loss >= state.incumbent_loss[:, None]
-        if no_gain is not None:  # the screen's verdict where the model did not score
-            rejected = torch.where(loss.isfinite(), rejected, no_gain)
+        rejected = self._rejected(loss, state.incumbent_loss[:, None], no_gain)
         self._forget_rejected(state, pos, tokens, rejected, W)
         loss, exact = self._admissible(cand, loss, exact, batch)
         key = loss - exact.float() * 1e9  # (B, W)
@@ -407,6 +403,16 @@ class DLMISearch(DLMI):
         improved = won < state.best_loss - state.best_exact.float() * 1e9
         set_rows(state, "best", improved, cand[rows, top], loss[rows, top], exact[rows, top])
         return improved
+
+    @staticmethod
+    def _rejected(loss: torch.Tensor, base_loss: torch.Tensor,
+                  no_gain: torch.Tensor | None) -> torch.Tensor:
+        """Swaps (B, W) that did no better than the prompt they change (base_loss, (B, W) or
+        (B, 1)); where the model did not score one, the screen's verdict no_gain decides."""
+        rejected = loss >= base_loss
+        if no_gain is not None:
+            rejected = torch.where(loss.isfinite(), rejected, no_gain)
+        return rejected
 
     def _single(self, W: int, device) -> torch.Tensor:
         """Which of a round's W swaps change one position alone: (W,) bool. Two-position
