@@ -326,9 +326,9 @@ class DLMISearch(DLMI):
             pool_loss, pool_exact = self._admissible(pool, torch.cat(losses, 1),
                                                      torch.cat(exacts, 1), batch)  # (B, K) x2
             # An exact prompt beats any inexact one, then the lower loss.
-            key = pool_loss - pool_exact.float() * 1e9  # (B, K)
+            key = self._key(pool_loss, pool_exact)  # (B, K)
             top = key.argmin(1)
-            improved = key[rows, top] < (state.best_loss - state.best_exact.float() * 1e9)
+            improved = key[rows, top] < self._key(state.best_loss, state.best_exact)
             set_rows(state, "best", improved, pool[rows, top], pool_loss[rows, top],
                       pool_exact[rows, top])
             improved |= early
@@ -395,14 +395,20 @@ class DLMISearch(DLMI):
         rejected = self._rejected(loss, state.incumbent_loss[:, None], no_gain)
         self._forget_rejected(state, pos, tokens, rejected, W)
         loss, exact = self._admissible(cand, loss, exact, batch)
-        key = loss - exact.float() * 1e9  # (B, W)
+        key = self._key(loss, exact)  # (B, W)
         top = key.argmin(1)
         won = key[rows, top]
-        better = won < state.incumbent_loss - state.incumbent_exact.float() * 1e9
+        better = won < self._key(state.incumbent_loss, state.incumbent_exact)
         set_rows(state, "incumbent", better, cand[rows, top], loss[rows, top], exact[rows, top])
-        improved = won < state.best_loss - state.best_exact.float() * 1e9
+        improved = won < self._key(state.best_loss, state.best_exact)
         set_rows(state, "best", improved, cand[rows, top], loss[rows, top], exact[rows, top])
         return improved
+
+    @staticmethod
+    def _key(loss: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+        """The order prompts are ranked in, lowest first: an exact prompt before any inexact
+        one, then the lower loss. loss, exact: same shape -> that shape."""
+        return loss - exact.float() * 1e9
 
     @staticmethod
     def _rejected(loss: torch.Tensor, base_loss: torch.Tensor,
