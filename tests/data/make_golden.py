@@ -9,9 +9,10 @@ import sys
 import dlmi
 
 # Explicit options where a default has changed on purpose since the golden file was made.
-OPTIONS = {"dlmi-search": {"objective": "ce", "top_k": 256}}
-# Defaults added since: special tokens excluded, prompts judged as re-tokenised text.
-COMMON = {"vocab": "all", "roundtrip": False}
+OPTIONS = {"dlmi-search": {"objective": "ce", "top_k": 256, "checked": 0}}
+# Defaults added since: special tokens excluded, prompts judged as re-tokenised text, every
+# offered candidate greedily decoded.
+COMMON = {"vocab": "all", "roundtrip": False, "judge_all": False}
 METHODS = ["dlmi", "dlmi-notf", "dlmi-search", "dlmi-shared-tau", "gbda", "gcg", "pez",
            "random", "reinforce", "soda"]
 

@@ -197,10 +197,11 @@ def test_a_config_selects_its_method_and_no_config_the_default(tiny_lm):
 
 @pytest.mark.parametrize("objective", ["ce", "cw", "cw-prefix", "cw-first"])
 def test_each_objective_is_the_loss_the_search_reports(tiny_lm, objective):
-    # The loss a run reports is its objective of its best hard prompt, recomputed here.
+    # The loss a run reports is its objective of its best hard prompt, recomputed here
+    # (checked=0: the greedy check judges that prompt alone, so it is the result's).
     target = hidden_prompt_target(tiny_lm, 101, prompt_len=6, target_len=8)
     r = dlmi.invert(tiny_lm, target, method="dlmi-search", prompt_length=6, steps=3,
-                    objective=objective, cw_margin=2.0, early_stop=False)
+                    objective=objective, cw_margin=2.0, early_stop=False, checked=0)
     dlm = DifferentiableLM(tiny_lm)
     ids = torch.tensor([target])
     loss, _ = dlm.hard_losses(torch.tensor([r.prompt_ids]), ids, torch.ones_like(ids).bool(),
@@ -585,3 +586,57 @@ def test_rounds_that_cannot_be_run_are_usage_errors():
     for extra in (dict(merge=2), dict(copy_target=0.25), dict(beam=2)):
         with pytest.raises(UsageError, match="rounds > 1 does not combine with"):
             DLMISearchConfig(swaps=8, rounds=2, **extra)
+
+
+def test_every_offered_candidate_is_decoded_and_the_best_output_kept(tiny_lm, monkeypatch):
+    # A: a prompt whose greedy output is the target shifted by one token (LCS 5/6) but with
+    # few teacher-forced hits; R: one with more hits and a worse output. The method stands
+    # on R and offers A: the evaluation must judge A by its output, not by R's hits.
+    from dlmi.methods.base import StepOutput
+    from dlmi.methods.gcg import GCG
+    dlm = DifferentiableLM(tiny_lm)
+    g = torch.Generator().manual_seed(1)
+    A = torch.randint(3, tiny_lm.vocab_size, (1, 4), generator=g)
+    target = dlm.greedy_decode(A, 7)[0, 1:]  # (6,)
+    pool = torch.randint(3, tiny_lm.vocab_size, (400, 4), generator=g)
+    hits = dlm.teacher_forced_hits(torch.cat([A, pool]), target.expand(401, -1)).sum(-1)
+    lcs = [lcs_ratio(o.tolist(), target.tolist())
+           for o in dlm.greedy_decode(torch.cat([A, pool]), 6)]
+    better_hits = [i for i in range(1, 401) if hits[i] > hits[0] and lcs[i] < lcs[0]]
+    assert better_hits, "the tiny model gave no prompt to set against A"
+    R = pool[better_hits[0] - 1]
+
+    def step(self, state, batch, step):
+        state.prompts = self.dlm.local_ids(R)[None]
+        return StepOutput(loss=torch.zeros(1), candidates=self.dlm.local_ids(A)[None])
+
+    monkeypatch.setattr(GCG, "step", step)
+    r = dlmi.invert(tiny_lm, target.tolist(), method="gcg", prompt_length=4, steps=1,
+                    roundtrip=False)
+    assert r.lcs_ratio == pytest.approx(lcs[0]) and r.prompt_ids == A[0].tolist()
+    assert r.output_ids == dlm.greedy_decode(A, 6)[0].tolist()
+
+
+def test_the_step_offers_its_incumbent_and_best_scored_prompts_for_the_greedy_check(tiny_lm):
+    from dlmi.methods.base import Batch
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    dlm = DifferentiableLM(tiny_lm)
+    target = torch.tensor([hidden_prompt_target(tiny_lm, 9, target_len=8)])
+    mask = torch.ones_like(target, dtype=torch.bool)
+    for checked in (0, 3):
+        method = DLMISearch(DLMISearchConfig(prompt_length=4, swaps=8, checked=checked), dlm)
+        batch = Batch(target, mask, row_generators([0], torch.device("cpu")))
+        state = method.init_state(batch)
+        for step in range(1, 4):
+            out = method.step(state, batch, step)
+            if not checked:
+                assert out.candidates is None
+                continue
+            assert out.candidates.shape == (1, 1 + checked, 4)
+            assert torch.equal(out.candidates[0, 0], state.incumbent[0])
+            loss, _ = dlm.hard_losses(out.candidates[0, 1:], target.expand(checked, -1),
+                                      mask.expand(checked, -1), objective="cw-prefix")
+            assert torch.all(loss[1:] >= loss[:-1] - 1e-5)  # best first
+            # None of the step's scored prompts beats the best so far.
+            assert float(loss[0]) >= float(state.best_loss[0]) - 1e-5

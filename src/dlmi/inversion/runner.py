@@ -322,6 +322,9 @@ class _Run:
         for j, ids in repaired.items():  # judged as the text a user would paste
             prompt = torch.tensor([ids], dtype=torch.long, device=chosen.device)
             output[j] = self.dlm.greedy_decode(prompt, target.shape[1], model_ids=True)[0]
+        if K > 1 and self.cfg.judge_all:
+            self._decode_others(cands, pick, back.view(b, K), safe, proven, chosen, output,
+                                repaired)
         embeds = self.method.current_embeddings(state)  # (b, N, d) for soft prompts
         if embeds is not None:
             embed_output = self.dlm.greedy_decode(None, target.shape[1], prompt_embeds=embeds)
@@ -345,6 +348,39 @@ class _Run:
                 "best_lcs": r.best_lcs, "soft_lcs": r.soft_lcs, "best_soft_lcs": r.best_soft_lcs,
                 "seconds": round(self._elapsed(), 3),
             })
+
+    def _decode_others(self, cands, pick, ids, safe, proven, chosen, output, repaired) -> None:
+        """Decode every other distinct candidate that survives as text and keep, per row, the
+        one whose output has the longest common subsequence with the target (in place:
+        chosen (b, N), output (b, M), repaired). On a target out of reach the most
+        teacher-forced hits need not give the best greedy output; a decode costs about as
+        much as one teacher-forced pass and is charged to the method like the rest.
+        cands (b, K, N); pick (b,); ids (b, K) the distinct-prompt index of each candidate."""
+        b, K, _ = cands.shape
+        todo, seen = [], set()
+        for j in range(b):
+            if proven[j]:
+                continue
+            seen.add(int(ids[j, pick[j]]))
+            for k in range(K):
+                if int(ids[j, k]) not in seen and (safe is None or bool(safe[j, k])):
+                    seen.add(int(ids[j, k]))
+                    todo.append((j, k))
+        if not todo:
+            return
+        js = torch.tensor([j for j, _ in todo], device=cands.device)
+        ks = torch.tensor([k for _, k in todo], device=cands.device)
+        decoded = self.dlm.greedy_decode(cands[js, ks], output.shape[1])  # (T, M)
+        best = {}  # row -> its best LCS so far at this evaluation
+        for (j, k), out in zip(todo, decoded, strict=True):
+            ref = self.rows[self.active[j]].ids
+            if j not in best:
+                best[j] = lcs_ratio(output[j, :len(ref)].tolist(), ref)
+            lcs = lcs_ratio(out[:len(ref)].tolist(), ref)
+            if lcs > best[j]:
+                best[j] = lcs
+                chosen[j], output[j] = cands[j, k], out
+                repaired.pop(j, None)
 
     @staticmethod
     def _judge_embeddings(r, embeds: torch.Tensor, out_ids: list[int], step: int) -> None:

@@ -60,6 +60,11 @@ class MethodConfig:
     roundtrip: bool = opt(
         True, "judge prompts as pasted text (re-tokenised in their context); bench's paper "
         "protocol turns it off")
+    # On a target out of reach the prompt with the most teacher-forced hits need not give
+    # the best greedy output (LCS counts matches after the first miss, and a shifted output).
+    judge_all: bool = opt(
+        True, "at each evaluation point greedy-decode every candidate prompt the method offers "
+        "and keep the best output (false: only the one with the most teacher-forced hits)")
 
     def __post_init__(self):
         self.budgets = tuple(int(b) for b in self.budgets)

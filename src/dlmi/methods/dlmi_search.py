@@ -151,11 +151,18 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     # round of 32.
     rounds: int = opt(1, "rounds the swaps of a step are split into, each but the last moving "
                       "the incumbent to its best improving swap (1: one round, as GCG)")
+    # The judge is greedy decoding, and on a target out of reach its LCS is not the loss: a
+    # prompt one swap worse may decode to more of the target. Each evaluation point decodes
+    # the one prompt with the most teacher-forced hits among the best and these candidates
+    # (GCG offers its current prompt and its step's 4 best swaps the same way).
+    checked: int = opt(4, "the step's best scored prompts offered to the evaluation's greedy "
+                       "check beside the best and the incumbent (0: the best alone)", "measured")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
 
     def __post_init__(self):
         super().__post_init__()
         _at_least(self, "swaps", 0)
+        _at_least(self, "checked", 0)
         _at_least(self, "chunk_size", 1)
         _at_least(self, "top_k", 1)
         _at_least(self, "patience", 0)
@@ -357,8 +364,14 @@ class DLMISearch(DLMI):
             state.since_best = torch.where(improved, 0, state.since_best + 1)
             if cfg.restart_after:
                 self._restart(state, batch, state.since_best >= cfg.restart_after)
+            checked = None
+            if cfg.checked:  # the incumbent, then the pool's best by key: (B, 1 + C, N)
+                order = key.argsort(1)[:, :cfg.checked]
+                checked = torch.cat([state.incumbent[:, None], pool.gather(
+                    1, order[..., None].expand(-1, -1, pool.shape[2]))], 1)
         return StepOutput(loss=state.best_loss.clone(), temperature=tau.detach().mean(1),
-                          train_argmax=train_argmax, solved=state.best_exact.clone())
+                          candidates=checked, train_argmax=train_argmax,
+                          solved=state.best_exact.clone())
 
     @staticmethod
     def _top_distinct(pool: torch.Tensor, key: torch.Tensor, P: int) -> torch.Tensor:
