@@ -153,8 +153,8 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
                       "the incumbent to its best improving swap (1: one round, as GCG)")
     # The judge is greedy decoding, and on a target out of reach its LCS is not the loss: a
     # prompt one swap worse may decode to more of the target. Each evaluation point decodes
-    # the one prompt with the most teacher-forced hits among the best and these candidates
-    # (GCG offers its current prompt and its step's 4 best swaps the same way).
+    # the best and these candidates (all of them under judge_all, else the one with the most
+    # teacher-forced hits); GCG offers its current prompt and its step's 4 best swaps alike.
     checked: int = opt(4, "the step's best scored prompts offered to the evaluation's greedy "
                        "check beside the best and the incumbent (0: the best alone)", "measured")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
