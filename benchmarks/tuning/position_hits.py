@@ -10,7 +10,9 @@ that swaps would get with positions drawn uniformly (dlmi-search's default), tow
 ("late"), and in proportion to each gradient reading, so a position rule is measured
 offline before any sweep. Each record also holds which of the K ranks improved
 (`rank_hits`, a string of 0/1, rank 1 first), and the run prints the hit rate per rank band,
-so the top_k of the proposals and a rank weighting are measured the same way.
+so the top_k of the proposals and a rank weighting are measured the same way, and the gain
+of every one of them (`gains`, incumbent's loss minus the swap's), for allocation rules
+simulated offline (scout_policy.py).
 Usage: python benchmarks/tuning/position_hits.py TARGETS.jsonl ID,ID,... OUT.jsonl [K [EVERY]]
 """
 
@@ -44,7 +46,7 @@ def probe(dlm, state, target, mask):
         predicted = (now - grad.gather(2, top)).amax(-1).clamp_min(0)  # (B, N)
         hit = gain > 1e-6
         return (hit.float().mean(-1), gain.amax(-1).clamp_min(0), predicted, grad.norm(dim=-1),
-                hit)
+                hit, gain)
 
 
 def rate(records, weight) -> float:
@@ -69,14 +71,15 @@ def main(targets_path: str, ids: list[str], out_path: str) -> None:
         method.step(state, batch, step)
         if step % EVERY:
             continue
-        hits, best, predicted, norm, hit = probe(dlm, state, target, mask)
+        hits, best, predicted, norm, hit, gain = probe(dlm, state, target, mask)
         for b in range(len(ids)):
             for p in range(N):
                 records.append({"target_id": ids[b], "step": step, "position": p,
                                 "hits": float(hits[b, p]), "best_gain": float(best[b, p]),
                                 "predicted_gain": float(predicted[b, p]),
                                 "grad_norm": float(norm[b, p]),
-                                "rank_hits": "".join("01"[int(h)] for h in hit[b, p])})
+                                "rank_hits": "".join("01"[int(h)] for h in hit[b, p]),
+                                "gains": [round(float(x), 5) for x in gain[b, p]]})
         with open(out_path, "w") as f:  # rewritten at each probe: an interrupted run keeps rows
             f.writelines(json.dumps(r) + "\n" for r in records)
     rules = {"uniform": lambda rs: [1.0] * len(rs),

@@ -578,6 +578,38 @@ def test_rounds_score_the_swaps_in_turns_each_changing_the_last_winner(tiny_lm, 
     assert all(b <= a for a, b in zip(best_losses[:-1], best_losses[1:], strict=True))
 
 
+def test_scouts_cover_every_position_and_the_rest_go_where_scouts_did_best(tiny_lm,
+                                                                          monkeypatch):
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    calls = []  # per _score call: the base prompt, the swaps, their losses and exactness
+    real = DLMISearch._score
+
+    def spy(self, bases, cand, batch, parents=None):
+        out = real(self, bases, cand, batch, parents)
+        calls.append((bases[0, 0].clone(), cand[0].clone(), out[0][0].clone(),
+                      out[1][0].clone()))
+        return out
+
+    monkeypatch.setattr(DLMISearch, "_score", spy)
+    N, S, F = 4, 2, 2
+    list(_drive(tiny_lm, 6, swaps=13, scout=S, focus=F))
+    assert [len(c[1]) for c in calls] == [S * N, 13 - S * N] * 6
+    for (base, scouts, loss, exact), (base2, rest, _, _) in zip(calls[::2], calls[1::2],
+                                                              strict=True):
+        assert torch.equal(base, base2)
+        # Scout i changes position i mod N alone (or nothing, drawing the token already there).
+        diff = scouts != base  # (S * N, N)
+        assert torch.equal(diff, diff & torch.eye(N, dtype=torch.bool).repeat(S, 1))
+        assert diff.any(1).sum() >= N  # the tiny model's Z does not propose the same token
+        key = loss - exact.float() * 1e9
+        best = torch.stack([key[torch.arange(S * N) % N == p].min() for p in range(N)])
+        chosen = set(best.argsort(stable=True)[:F].tolist())
+        moved = (rest != base).any(1)
+        assert moved.any()
+        assert set((rest != base).int().argmax(1)[moved].tolist()) <= chosen
+
+
 def test_rounds_that_cannot_be_run_are_usage_errors():
     from dlmi.errors import UsageError
 
@@ -586,6 +618,11 @@ def test_rounds_that_cannot_be_run_are_usage_errors():
     for extra in (dict(merge=2), dict(copy_target=0.25), dict(beam=2)):
         with pytest.raises(UsageError, match="rounds > 1 does not combine with"):
             DLMISearchConfig(swaps=8, rounds=2, **extra)
+    with pytest.raises(UsageError, match="scout \\(1\\) needs more swaps"):
+        DLMISearchConfig(prompt_length=10, swaps=10, scout=1)
+    for extra in (dict(pairs=0.25), dict(beam=2), dict(rounds=2)):
+        with pytest.raises(UsageError, match="scout does not combine with"):
+            DLMISearchConfig(prompt_length=4, swaps=16, scout=1, **extra)
 
 
 def test_every_offered_candidate_is_decoded_and_the_best_output_kept(tiny_lm, monkeypatch):
