@@ -81,15 +81,20 @@ def main(paths):
     rules = {"uniform": uniform, "stratified": stratified, "oracle": oracle}
     for s, f in ((1, 1), (1, 2), (1, 3), (2, 1), (2, 2)):
         rules[f"scout {s}/{f}"] = lambda gains, g, s=s, f=f: scout(gains, g, s, f)
-    for name, rule in rules.items():
-        hit, best = [], []
-        for gains in data.values():
-            step = rule(gains, g)  # (DRAWS, W)
-            top = step.amax(1)
-            hit.append(float((top > 1e-6).float().mean()))
-            best.append(float(top.mean()))
-        print(f"{name:12s} P(hit) {sum(hit) / len(hit):.3f}  mean best gain "
-              f"{sum(best) / len(best):+.4f}  over {len(hit)} probes")
+    last = max(step for _, _, step in data)
+    for half, keep in ((f"steps 1-{last // 2}", lambda s: s <= last // 2),
+                       (f"steps {last // 2 + 1}-{last}", lambda s: s > last // 2)):
+        print(half)
+        for name, rule in rules.items():
+            hit, best = [], []
+            for (_, _, step), gains in data.items():
+                if not keep(step):
+                    continue
+                top = rule(gains, g).amax(1)  # (DRAWS,) each simulated step's best swap
+                hit.append(float((top > 1e-6).float().mean()))
+                best.append(float(top.mean()))
+            print(f"  {name:12s} P(hit) {sum(hit) / len(hit):.3f}  mean best gain "
+                  f"{sum(best) / len(best):+.4f}  over {len(hit)} probes")
 
 
 if __name__ == "__main__":
