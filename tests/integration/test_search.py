@@ -610,6 +610,26 @@ def test_scouts_cover_every_position_and_the_rest_go_where_scouts_did_best(tiny_
         assert set((rest != base).int().argmax(1)[moved].tolist()) <= chosen
 
 
+def test_z_decay_shrinks_z_after_each_step_by_its_share(tiny_lm):
+    from dlmi.methods.base import Batch
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    dlm = DifferentiableLM(tiny_lm)
+    target = torch.tensor([hidden_prompt_target(tiny_lm, 9, target_len=8)])
+    mask = torch.ones_like(target, dtype=torch.bool)
+    Z = {}
+    for decay in (0.0, 0.25):
+        torch.manual_seed(0)
+        method = DLMISearch(DLMISearchConfig(prompt_length=4, swaps=0, z_decay=decay), dlm)
+        batch = Batch(target, mask, row_generators([0], torch.device("cpu")))
+        state = method.init_state(batch)
+        method.step(state, batch, 1)  # no swaps: Z moves by the gradient step alone
+        Z[decay] = state.Z.detach()
+    assert torch.allclose(Z[0.25], 0.75 * Z[0.0], atol=1e-6)
+    with pytest.raises(dlmi.errors.UsageError, match="z_decay must be between 0 and 1"):
+        DLMISearchConfig(z_decay=1.5)
+
+
 def test_rounds_that_cannot_be_run_are_usage_errors():
     from dlmi.errors import UsageError
 

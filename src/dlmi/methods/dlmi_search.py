@@ -96,6 +96,11 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     # copies and target swaps can help without the prompt spelling the target out.
     max_overlap: float = opt(1.0, "largest share of the target's tokens the kept prompts may "
                              "contain, as the cheating check counts them (1: no limit)")
+    # Z is the sum of every step's (Adam-normalised) gradient, from incumbents the search has
+    # long left; GCG reads the current gradient alone. A decay weighs the recent steps more:
+    # after each Adam step Z shrinks by this share (0.05: about the last 20 steps count).
+    z_decay: float = opt(0.0, "share by which Z shrinks after each step, so its ranking "
+                         "follows the recent gradients (0: every step counts alike)")
     row_adam: bool = opt(True, "Z's Adam keeps one second moment per position: Z ranks tokens")
     # Steps without a better prompt before the search moves to the step's best proposal
     # anyway, to leave a local minimum (1: as GCG, which moves every step); the best so far
@@ -218,7 +223,8 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
                 if getattr(self, name):
                     raise UsageError(f"beam > 1 does not combine with {name}: "
                                      f"set --set {name}=0 or --set beam=1")
-        for name in ("pairs", "from_target", "from_lm", "copy_target", "shifts", "max_overlap"):
+        for name in ("pairs", "from_target", "from_lm", "copy_target", "shifts", "max_overlap",
+                     "z_decay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be between 0 and 1, got {getattr(self, name)}: "
                                  f"change --set {name}=VALUE")
@@ -548,6 +554,8 @@ class DLMISearch(DLMI):
         per_sample.mean(1).sum().backward()
         state.optimizer.step()
         with torch.no_grad():
+            if cfg.z_decay:
+                Z.mul_(1.0 - cfg.z_decay)
             argmax = logits.detach().argmax(-1)  # (B*S, M)
             exact = won_positions(argmax, targets, mask).all(1).view(B, S)
             grad = None
