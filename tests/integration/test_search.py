@@ -643,6 +643,8 @@ def test_rounds_that_cannot_be_run_are_usage_errors():
     for extra in (dict(pairs=0.25), dict(beam=2), dict(rounds=2)):
         with pytest.raises(UsageError, match="scout does not combine with"):
             DLMISearchConfig(prompt_length=4, swaps=16, scout=1, **extra)
+    with pytest.raises(UsageError, match="scout chooses the positions itself"):
+        DLMISearchConfig(prompt_length=4, swaps=16, scout=1, positions="late")
 
 
 def test_every_offered_candidate_is_decoded_and_the_best_output_kept(tiny_lm, monkeypatch):

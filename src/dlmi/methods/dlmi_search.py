@@ -99,6 +99,7 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     # Z is the sum of every step's (Adam-normalised) gradient, from incumbents the search has
     # long left; GCG reads the current gradient alone. A decay weighs the recent steps more:
     # after each Adam step Z shrinks by this share (0.05: about the last 20 steps count).
+    # Measured no better at 0.05 on sweeps 4 and 5 (README), so every step counts alike.
     z_decay: float = opt(0.0, "share by which Z shrinks after each step, so its ranking "
                          "follows the recent gradients (0: every step counts alike)")
     row_adam: bool = opt(True, "Z's Adam keeps one second moment per position: Z ranks tokens")
@@ -160,8 +161,9 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     # improving swaps as a uniform one (position_hits.py), but neither the gradient nor the
     # previous steps tell which it is. The swaps' own losses do: with `scout` S > 0 the step
     # first scores S swaps at every position, then spends the rest at the `focus` positions
-    # whose best scout came closest to improving (scout_policy.py, offline: the chance of a
-    # step improving its incumbent 0.61 -> 0.74). Same swaps, same FLOPs; two forwards.
+    # whose best scout came closest to improving. Same swaps, same FLOPs; two forwards.
+    # Offline (scout_policy.py) scout 1 / focus 2 raised a step's chance of improving its
+    # incumbent from 0.62 to 0.77; online it found fewer exact prompts (README), so it is off.
     scout: int = opt(0, "swaps per position scored first, the rest going to the `focus` "
                      "positions where the scouts did best (0: positions uniform)")
     focus: int = opt(2, "scout: positions that the swaps after the scouts go to")
@@ -200,6 +202,9 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
                 if getattr(self, name):
                     raise UsageError(f"scout does not combine with {name}: "
                                      f"set --set {name}=0 or --set scout=0")
+            if self.positions != "uniform":
+                raise UsageError("scout chooses the positions itself: "
+                                 "set --set positions=uniform or --set scout=0")
             for name, plain in (("rounds", 1), ("beam", 1)):
                 if getattr(self, name) != plain:
                     raise UsageError(f"scout does not combine with {name} > 1: "
