@@ -40,32 +40,38 @@ def uniform(gains, g):
     return gains[pos, tok]
 
 
+def shuffled(gains, g):
+    """(DRAWS, N, K): each position's gains in a fresh random token order per simulated step,
+    so taking them in order draws tokens without replacement."""
+    N, K = gains.shape
+    order = torch.rand(DRAWS, N, K, generator=g).argsort(-1)
+    return gains[torch.arange(N)[None, :, None], order]
+
+
 def stratified(gains, g):
     """(DRAWS, W) gains of W swaps spread evenly over the positions (W % N at random ones),
     tokens without replacement per position."""
-    N, K = gains.shape
-    order = torch.rand(DRAWS, N, K, generator=g).argsort(-1)
-    shuffled = gains[torch.arange(N)[None, :, None], order]  # (DRAWS, N, K)
+    N = gains.shape[0]
+    drawn = shuffled(gains, g)  # (DRAWS, N, K)
     start = torch.rand(DRAWS, N, generator=g).argsort(-1)  # which positions get the extra
     slot = torch.arange(W)
     pos = start[:, slot % N]  # (DRAWS, W)
-    return shuffled[torch.arange(DRAWS)[:, None], pos, (slot // N)[None].expand(DRAWS, -1)]
+    return drawn[torch.arange(DRAWS)[:, None], pos, (slot // N)[None].expand(DRAWS, -1)]
 
 
 def scout(gains, g, per_position: int, focus: int):
     """(DRAWS, W) gains: per_position swaps at each position, the rest at the `focus`
     positions with the best scout gain, tokens drawn without replacement per position."""
-    N, K = gains.shape
-    order = torch.rand(DRAWS, N, K, generator=g).argsort(-1)  # a random token order per position
-    shuffled = gains[torch.arange(N)[None, :, None], order]  # (DRAWS, N, K)
-    scouts = shuffled[:, :, :per_position]  # (DRAWS, N, S)
+    N = gains.shape[0]
+    drawn = shuffled(gains, g)  # (DRAWS, N, K)
+    scouts = drawn[:, :, :per_position]  # (DRAWS, N, S)
     best_pos = scouts.amax(-1).topk(focus, -1).indices  # (DRAWS, F)
     rest = W - N * per_position
     # The remaining swaps go round-robin over the focus positions, each its next untried token.
     slot = torch.arange(rest)
     pos = best_pos[:, slot % focus]  # (DRAWS, rest)
     idx = per_position + slot // focus  # the next untried token at that position
-    follow = shuffled[torch.arange(DRAWS)[:, None], pos, idx[None].expand(DRAWS, -1)]
+    follow = drawn[torch.arange(DRAWS)[:, None], pos, idx[None].expand(DRAWS, -1)]
     return torch.cat([scouts.reshape(DRAWS, -1), follow], 1)
 
 

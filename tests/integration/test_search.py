@@ -602,7 +602,7 @@ def test_scouts_cover_every_position_and_the_rest_go_where_scouts_did_best(tiny_
         diff = scouts != base  # (S * N, N)
         assert torch.equal(diff, diff & torch.eye(N, dtype=torch.bool).repeat(S, 1))
         assert diff.any(1).sum() >= N  # the tiny model's Z does not propose the same token
-        key = loss - exact.float() * 1e9
+        key = DLMISearch._key(loss, exact)  # the order the search ranks prompts in
         best = torch.stack([key[torch.arange(S * N) % N == p].min() for p in range(N)])
         chosen = set(best.argsort(stable=True)[:F].tolist())
         moved = (rest != base).any(1)
