@@ -630,6 +630,31 @@ def test_z_decay_shrinks_z_after_each_step_by_its_share(tiny_lm):
         DLMISearchConfig(z_decay=1.5)
 
 
+def test_z_objective_trains_z_while_the_objective_still_ranks_prompts(tiny_lm):
+    from dlmi.methods.base import Batch
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    dlm = DifferentiableLM(tiny_lm)
+    target = torch.tensor([hidden_prompt_target(tiny_lm, 9, target_len=8)])
+    mask = torch.ones_like(target, dtype=torch.bool)
+    runs = {}
+    for name, options in {"split": dict(objective="cw-prefix", z_objective="ce"),
+                          "ce": dict(objective="ce"), "cw": dict(objective="cw-prefix")}.items():
+        torch.manual_seed(0)
+        method = DLMISearch(DLMISearchConfig(prompt_length=4, swaps=0, **options), dlm)
+        batch = Batch(target, mask, row_generators([0], torch.device("cpu")))
+        state = method.init_state(batch)
+        method.step(state, batch, 1)  # no swaps: the anchor alone, scored by the gradient step
+        runs[name] = state
+    split = runs["split"]
+    assert torch.allclose(split.Z, runs["ce"].Z)  # Z moved by cross-entropy's gradient
+    assert not torch.allclose(split.Z, runs["cw"].Z)
+    cw, _ = dlm.hard_losses(split.best, target, mask, 64, "cw-prefix")
+    assert torch.allclose(split.best_loss, cw, atol=1e-5)  # the prompt's loss is cw-prefix's
+    with pytest.raises(dlmi.errors.UsageError, match="z_objective must be same or one of"):
+        DLMISearchConfig(z_objective="mse")
+
+
 def test_rounds_that_cannot_be_run_are_usage_errors():
     from dlmi.errors import UsageError
 

@@ -131,6 +131,11 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
         "alone) or ce", "measured")
     cw_margin: float = opt(
         1.0, "cw, cw-prefix, cw-first: a position won by this many logits earns nothing more")
+    # Z only proposes; the search's loss decides. The margin losses give no gradient at a
+    # position won by cw_margin, so Z learns nothing there about keeping it won, nor, under
+    # cw-prefix, much beyond the first miss; cross-entropy's gradient covers every position.
+    z_objective: str = opt(
+        "same", "loss whose gradient trains Z: same (the objective) or one of the objectives")
     # Iterated local search: after this many steps in which the best prompt did not improve,
     # the search restarts from the best prompt with `restart_swaps` random changes drawn from
     # Z's top tokens, to leave a basin single swaps cannot (0: never).
@@ -236,6 +241,9 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
         if self.objective not in OBJECTIVES:
             raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, "
                              f"got {self.objective!r}: change --set objective=VALUE")
+        if self.z_objective not in ("same", *OBJECTIVES):
+            raise UsageError(f"z_objective must be same or one of {', '.join(OBJECTIVES)}, "
+                             f"got {self.z_objective!r}: change --set z_objective=VALUE")
         if self.positions not in POSITIONS:
             raise UsageError(f"positions must be one of {', '.join(POSITIONS)}, "
                              f"got {self.positions!r}: change --set positions=VALUE")
@@ -552,11 +560,16 @@ class DLMISearch(DLMI):
         targets = batch.target_ids.repeat_interleave(S, 0)  # (B*S, M)
         mask = batch.mask.repeat_interleave(S, 0)
         logits = self.dlm.teacher_forced_logits(prompt, targets, soft_positions=N)
-        per_sample = target_loss(logits, targets, mask, cfg.objective, cfg.cw_margin)
-        per_sample = (per_sample + self.dlm.fluency_penalty(prompt, p)).view(B, S)
+        fluency = self.dlm.fluency_penalty(prompt, p)
+        per_sample = (target_loss(logits, targets, mask, cfg.objective, cfg.cw_margin)
+                      + fluency).view(B, S)  # the search's loss of each sample
+        trained = per_sample
+        if cfg.z_objective not in ("same", cfg.objective):
+            trained = (target_loss(logits, targets, mask, cfg.z_objective, cfg.cw_margin)
+                       + fluency).view(B, S)
         state.optimizer.zero_grad()
         # Sum over rows: each row's gradient is its own (rows share no parameters).
-        per_sample.mean(1).sum().backward()
+        trained.mean(1).sum().backward()
         state.optimizer.step()
         with torch.no_grad():
             if cfg.z_decay:
