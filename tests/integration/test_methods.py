@@ -9,9 +9,10 @@ from tests.conftest import hidden_prompt_target
 # Steps within which each method recovers the easy target below (hidden 4-token prompt, 3-token
 # greedy output, N = 4, default vocabulary: no special tokens). Measured solve steps: dlmi 36,
 # dlmi-notf 40, dlmi-shared-tau 40, gbda 16, gcg 4, pez 28, random 4, reinforce 36, soda 12,
-# dlmi-search 3, adc 4; budgets leave about 2x headroom.
+# dlmi-search 3, adc 4, pgd 13; budgets leave about 2x headroom.
 BUDGET = {"adc": 8, "dlmi": 72, "dlmi-notf": 80, "dlmi-shared-tau": 80, "gbda": 48, "gcg": 12,
-          "pez": 56, "random": 32, "reinforce": 72, "soda": 24, "dlmi-search": 8, "soft-prompt": 16}
+          "pez": 56, "pgd": 28, "random": 32, "reinforce": 72, "soda": 24, "dlmi-search": 8,
+          "soft-prompt": 16}
 # Soft prompts succeed as embeddings (measured: step 4); their nearest tokens rarely do.
 SOFT = {"soft-prompt"}
 # GCG's paper settings (top-k 256, 512 swaps) are sized for 50k-token vocabularies.

@@ -11,7 +11,7 @@ _METHODS: dict[str, type] = {}
 BUILTIN = {
     "adc": "adc", "dlmi": "dlmi_method", "dlmi-notf": "dlmi_method",
     "dlmi-shared-tau": "dlmi_method",
-    "gbda": "dlmi_method", "dlmi-search": "dlmi_search", "gcg": "gcg", "pez": "pez",
+    "gbda": "dlmi_method", "dlmi-search": "dlmi_search", "gcg": "gcg", "pez": "pez", "pgd": "pgd",
     "random": "random_search", "reinforce": "reinforce", "soda": "soda",
     "soft-prompt": "soft_prompt",
 }
