@@ -1,4 +1,5 @@
-"""PGD (Geisler et al. 2024): its two projections, its schedules, its restarts, its bookkeeping."""
+"""PGD (Geisler et al. 2024): its two projections, its schedules, its restarts; and the best-
+prompt bookkeeping it shares with ADC (relaxed_onehot)."""
 
 import pytest
 import torch
@@ -97,9 +98,10 @@ def test_a_stalled_start_goes_back_to_its_best_prompt_one_hot(tiny_lm):
     assert state.start_best[0, 1].tolist() == [6, 7, 8, 9]
 
 
-def test_best_loss_never_rises_and_the_result_decodes_as_reported(tiny_lm):
+@pytest.mark.parametrize("method", ["adc", "pgd"])  # both keep their best hard prompt alike
+def test_best_loss_never_rises_and_the_result_decodes_as_reported(tiny_lm, method):
     target = hidden_prompt_target(tiny_lm, 4, target_len=6)
-    r = dlmi.invert(tiny_lm, target, method="pgd", prompt_length=4, steps=24, eval_every=4,
+    r = dlmi.invert(tiny_lm, target, method=method, prompt_length=4, steps=24, eval_every=4,
                     early_stop=False)
     losses = [h["loss"] for h in r.history]
     assert all(b <= a for a, b in zip(losses, losses[1:], strict=False)), losses
