@@ -76,7 +76,7 @@ class ADC(RelaxedOneHotMethod):
     def step(self, state: ADCState, batch: Batch, step: int) -> StepOutput:
         cfg = self.config
         B, R, N, V = state.X.shape
-        _, grad, argmax = self.relaxed_loss(state, batch)  # grad (B, R, N, V), argmax (B, R, M)
+        grad, argmax = self.relaxed_loss(state, batch)  # grad (B, R, N, V), argmax (B, R, M)
         with torch.no_grad():
             missed = (~won_positions(argmax.view(B * R, -1),
                                      batch.target_ids.repeat_interleave(R, 0),

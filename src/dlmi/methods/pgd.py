@@ -20,7 +20,7 @@ the measured relaxation gap.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -32,6 +32,7 @@ from dlmi.methods.relaxed_onehot import (
     RelaxedOneHotMethod,
     RelaxedOneHotState,
 )
+from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 
 PAPER = "Geisler et al. 2024"
@@ -71,8 +72,7 @@ class PGDConfig(RelaxedOneHotConfig):
 
 @dataclass
 class PGDState(RelaxedOneHotState):
-    m: torch.Tensor | None = None  # (B, R, N, V) Adam's first moment
-    v: torch.Tensor | None = None  # (B, R, N, V) Adam's second moment
+    optimizer: BatchedAdam | None = None  # Adam on X (its one parameter, moved in place)
     start_best: torch.Tensor | None = None  # (B, R, N) each start's own best hard prompt
     start_loss: torch.Tensor | None = None  # (B, R) its loss
     stall: torch.Tensor | None = None  # (B, R) steps since that start's best improved
@@ -138,7 +138,7 @@ class PGD(RelaxedOneHotMethod):
 
     def more_state(self, X: torch.Tensor) -> dict:
         B, R, N, _ = X.shape
-        return {"m": torch.zeros_like(X), "v": torch.zeros_like(X),
+        return {"optimizer": BatchedAdam([X], lr=self.config.lr),
                 "start_best": X.argmax(-1),
                 "start_loss": torch.full((B, R), float("inf"), device=X.device),
                 "stall": torch.zeros(B, R, dtype=torch.long, device=X.device)}
@@ -159,17 +159,15 @@ class PGD(RelaxedOneHotMethod):
 
     def step(self, state: PGDState, batch: Batch, step: int) -> StepOutput:
         cfg = self.config
-        _, grad, argmax = self.relaxed_loss(state, batch)  # grad (B, R, N, V)
+        grad, argmax = self.relaxed_loss(state, batch)  # grad (B, R, N, V)
         with torch.no_grad():
             if cfg.grad_clip:
                 norm = grad.norm(dim=-1, keepdim=True)  # (B, R, N, 1)
                 grad = grad * (cfg.grad_clip / norm.clamp_min(cfg.grad_clip))
-            state.m.mul_(0.9).add_(grad, alpha=0.1)  # Adam, torch's defaults
-            state.v.mul_(0.999).addcmul_(grad, grad, value=0.001)
-            m_hat = state.m / (1 - 0.9**step)
-            v_hat = state.v / (1 - 0.999**step)
-            X = state.X - self.learning_rate(step) * m_hat / (v_hat.sqrt() + 1e-8)
-            state.X = entropy_projection(simplex_projection(X), self.entropy_at(step))
+            state.X.grad = grad
+            state.optimizer.lr = self.learning_rate(step)
+            state.optimizer.step()  # X is the optimizer's parameter: every change in place
+            state.X.data = entropy_projection(simplex_projection(state.X), self.entropy_at(step))
             cand, loss, _ = self.keep_best(state, batch)  # (B, R, K, N), (B, R, K)
             self._restart_stalled(state, cand[:, :, 0], loss[:, :, 0])
         return StepOutput(loss=state.best_loss.clone(), train_argmax=argmax[:, 0],
@@ -188,5 +186,11 @@ class PGD(RelaxedOneHotMethod):
         if bool(back.any()):
             one_hot = torch.zeros_like(state.X[back]).scatter_(
                 -1, state.start_best[back][..., None], 1.0)  # (S, N, V)
-            state.X[back] = one_hot
+            state.X.data[back] = one_hot
             state.stall[back] = 0
+
+    def keep(self, state: PGDState, index: torch.Tensor) -> PGDState:
+        rows = {f.name: getattr(state, f.name)[index] for f in fields(state)
+                if f.name not in ("X", "optimizer")}
+        (X,) = state.optimizer.keep(index)  # X with its Adam moments
+        return PGDState(X=X, optimizer=state.optimizer, **rows)

@@ -81,10 +81,9 @@ class RelaxedOneHotMethod(Method):
         """The subclass's own state fields at the start, from X (B, R, N, V)."""
         return {}
 
-    def relaxed_loss(self, state, batch: Batch) -> tuple[torch.Tensor, torch.Tensor,
-                                                           torch.Tensor]:
-        """Each start's teacher-forced loss under its soft prompt and its gradient on X:
-        loss (B, R), grad (B, R, N, V), and the training forward's argmax (B, R, M)."""
+    def relaxed_loss(self, state, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gradient on X of each start's teacher-forced loss under its soft prompt,
+        grad (B, R, N, V), and the training forward's argmax (B, R, M)."""
         cfg = self.config
         B, R, N, V = state.X.shape
         targets = batch.target_ids.repeat_interleave(R, 0)  # (B*R, M)
@@ -95,8 +94,7 @@ class RelaxedOneHotMethod(Method):
         loss = target_loss(logits, targets, mask, cfg.objective, cfg.cw_margin)
         loss = loss + self.dlm.fluency_penalty(embeds, x)
         (grad,) = torch.autograd.grad(loss.sum(), x)  # each start's own gradient
-        return (loss.detach().view(B, R), grad.view(B, R, N, V),
-                logits.detach().argmax(-1).view(B, R, -1))
+        return grad.view(B, R, N, V), logits.detach().argmax(-1).view(B, R, -1)
 
     @torch.no_grad()
     def keep_best(self, state, batch: Batch) -> tuple[torch.Tensor, torch.Tensor,
