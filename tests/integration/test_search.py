@@ -701,6 +701,46 @@ def test_every_offered_candidate_is_decoded_and_the_best_output_kept(tiny_lm, mo
     assert r.output_ids == dlm.greedy_decode(A, 6)[0].tolist()
 
 
+def test_judge_walk_offers_the_incumbents_since_the_last_evaluation_point(tiny_lm):
+    from dlmi.methods.base import Batch
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    dlm = DifferentiableLM(tiny_lm)
+    target = torch.tensor([hidden_prompt_target(tiny_lm, 9, target_len=8)])
+    mask = torch.ones_like(target, dtype=torch.bool)
+    method = DLMISearch(DLMISearchConfig(prompt_length=4, swaps=8, checked=2, eval_every=3,
+                                         judge_walk=True, early_stop=False), dlm)
+    batch = Batch(target, mask, row_generators([0], torch.device("cpu")))
+    state = method.init_state(batch)
+    walked = []
+    for step in range(1, 7):
+        out = method.step(state, batch, step)
+        walked.insert(0, state.incumbent[0].clone())
+        # The incumbent and the step's 2 best, then the incumbents of the (up to) two steps
+        # before, newest first: every prompt the walk stood on since 3 steps ago.
+        older = walked[1:3]
+        assert out.candidates.shape == (1, 3 + len(older), 4)
+        assert torch.equal(out.candidates[0, 0], state.incumbent[0])
+        for got, want in zip(out.candidates[0, 3:], older, strict=True):
+            assert torch.equal(got, want)
+
+
+def test_judge_walk_can_only_raise_the_judged_lcs(tiny_lm):
+    # The same seeded search, judged with and without its walk: the walk adds prompts to the
+    # greedy check, and the judge keeps the best, so the best LCS at each point is no lower.
+    # A random target, out of reach of a 3-token prompt: every evaluation point decodes.
+    target = torch.randint(3, tiny_lm.vocab_size, (8,), generator=torch.Generator().manual_seed(6))
+    runs = [dlmi.invert(tiny_lm, target.tolist(), method="dlmi-search", prompt_length=3,
+                        steps=24, seed=0, roundtrip=False, judge_walk=walk)
+            for walk in (False, True)]
+    assert not any(r.exact_match for r in runs)
+    plain, walk = ([h["best_lcs"] for h in r.history] for r in runs)
+    assert len(plain) == len(walk) == 3
+    assert all(w >= p for p, w in zip(plain, walk, strict=True))
+    assert walk[-1] > plain[-1]  # on this target a walked prompt decodes to more of it
+    assert runs[1].compute["flops"] > runs[0].compute["flops"]  # the extra decodes are charged
+
+
 def test_the_step_offers_its_incumbent_and_best_scored_prompts_for_the_greedy_check(tiny_lm):
     from dlmi.methods.base import Batch
     from dlmi.methods.dlmi_search import DLMISearch

@@ -178,6 +178,12 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     # teacher-forced hits); GCG offers its current prompt and its step's 4 best swaps alike.
     checked: int = opt(4, "the step's best scored prompts offered to the evaluation's greedy "
                        "check beside the best and the incumbent (0: the best alone)", "measured")
+    # With patience 1 the search walks: a stalled step still moves to its best proposal, so
+    # between two evaluation points it stands on up to eval_every near-best prompts, of which
+    # only the last is offered. On a target out of reach their greedy outputs differ (a miss
+    # elsewhere, a resync after it), and the judge keeps the best; each decode is charged.
+    judge_walk: bool = opt(False, "offer every incumbent of the walk since the last evaluation "
+                           "point (up to eval_every prompts) to its greedy check too")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
 
     def __post_init__(self):
@@ -283,6 +289,7 @@ class DLMISearchState(DLMIState):
     stall: torch.Tensor | None = None  # (B,) steps since the best last improved or a kick
     since_best: torch.Tensor | None = None  # (B,) steps since the best last improved
     recent: torch.Tensor | None = None  # (B, T, N) the last T incumbents, newest first (tabu)
+    walk: torch.Tensor | None = None  # (B, H, N) the last H incumbents, newest first
     beam: torch.Tensor | None = None  # (B, P, N) the prompts the search stands on, best first
     beam_loss: torch.Tensor | None = None  # (B, P)
     beam_exact: torch.Tensor | None = None  # (B, P)
@@ -417,6 +424,11 @@ class DLMISearch(DLMI):
                 order = key.argsort(1)[:, :cfg.checked]
                 checked = torch.cat([state.incumbent[:, None], pool.gather(
                     1, order[..., None].expand(-1, -1, pool.shape[2]))], 1)
+            if cfg.judge_walk:  # the incumbents since the last evaluation point, newest first
+                walk = state.walk if state.walk is not None else pool[:, :0]
+                state.walk = torch.cat([state.incumbent[:, None], walk], 1)[:, :cfg.eval_every]
+                older = state.walk[:, 1:]  # the newest is the incumbent, offered already
+                checked = older if checked is None else torch.cat([checked, older], 1)
         return StepOutput(loss=state.best_loss.clone(), temperature=tau.detach().mean(1),
                           candidates=checked, train_argmax=train_argmax,
                           solved=state.best_exact.clone())
