@@ -725,14 +725,15 @@ def test_judge_walk_offers_the_incumbents_since_the_last_evaluation_point(tiny_l
             assert torch.equal(got, want)
 
 
-def test_judge_walk_can_only_raise_the_judged_lcs(tiny_lm):
+@pytest.mark.parametrize("method,target_seed", [("dlmi-search", 6), ("gcg", 5)])
+def test_judge_walk_can_only_raise_the_judged_lcs(tiny_lm, method, target_seed):
     # The same seeded search, judged with and without its walk: the walk adds prompts to the
     # greedy check, and the judge keeps the best, so the best LCS at each point is no lower.
     # A random target, out of reach of a 3-token prompt: every evaluation point decodes.
-    target = torch.randint(3, tiny_lm.vocab_size, (8,), generator=torch.Generator().manual_seed(6))
-    runs = [dlmi.invert(tiny_lm, target.tolist(), method="dlmi-search", prompt_length=3,
-                        steps=24, seed=0, roundtrip=False, judge_walk=walk)
-            for walk in (False, True)]
+    gen = torch.Generator().manual_seed(target_seed)
+    target = torch.randint(3, tiny_lm.vocab_size, (8,), generator=gen).tolist()
+    runs = [dlmi.invert(tiny_lm, target, method=method, prompt_length=3, steps=24, seed=0,
+                        roundtrip=False, judge_walk=walk) for walk in (False, True)]
     assert not any(r.exact_match for r in runs)
     plain, walk = ([h["best_lcs"] for h in r.history] for r in runs)
     assert len(plain) == len(walk) == 3

@@ -241,10 +241,20 @@ def random_prompt_ids(generators: list[torch.Generator], length: int, vocab: int
                    lambda g: torch.randint(vocab, (length,), generator=g, device=device))
 
 
+def walk_on(walk: torch.Tensor | None, current: torch.Tensor, length: int) -> torch.Tensor:
+    """The last `length` prompts a search stood on, newest first: current (B, N) in front of
+    walk (B, H, N), or alone when walk is None -> (B, min(H + 1, length), N). A search that
+    moves every step offers these to the greedy check (`judge_walk`), so each prompt it stood
+    on between two evaluation points is judged once."""
+    front = current[:, None]
+    return front if walk is None else torch.cat([front, walk], 1)[:, :length]
+
+
 @dataclass
 class IncumbentState:
     prompts: torch.Tensor  # (B, N) the best prompt so far, per row
     loss: torch.Tensor  # (B,) its loss
+    walk: torch.Tensor | None = None  # (B, H, N) the last H prompts, newest first (judge_walk)
 
 
 class IncumbentSearch(Method[IncumbentState]):
@@ -261,4 +271,5 @@ class IncumbentSearch(Method[IncumbentState]):
         return state.prompts
 
     def keep(self, state: IncumbentState, index: torch.Tensor) -> IncumbentState:
-        return IncumbentState(state.prompts[index], state.loss[index])
+        return IncumbentState(state.prompts[index], state.loss[index],
+                              None if state.walk is None else state.walk[index])

@@ -30,7 +30,15 @@ from dataclasses import dataclass, fields
 import torch
 
 from dlmi.errors import UsageError
-from dlmi.methods.base import Batch, ScreenOptions, StepOutput, _at_least, per_row, set_rows
+from dlmi.methods.base import (
+    Batch,
+    ScreenOptions,
+    StepOutput,
+    _at_least,
+    per_row,
+    set_rows,
+    walk_on,
+)
 from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
 from dlmi.methods.registry import register
 from dlmi.model.dlm import OBJECTIVES, target_loss, won_positions
@@ -425,8 +433,7 @@ class DLMISearch(DLMI):
                 checked = torch.cat([state.incumbent[:, None], pool.gather(
                     1, order[..., None].expand(-1, -1, pool.shape[2]))], 1)
             if cfg.judge_walk:  # the incumbents since the last evaluation point, newest first
-                walk = state.walk if state.walk is not None else pool[:, :0]
-                state.walk = torch.cat([state.incumbent[:, None], walk], 1)[:, :cfg.eval_every]
+                state.walk = walk_on(state.walk, state.incumbent, cfg.eval_every)
                 older = state.walk[:, 1:]  # the newest is the incumbent, offered already
                 checked = older if checked is None else torch.cat([checked, older], 1)
         return StepOutput(loss=state.best_loss.clone(), temperature=tau.detach().mean(1),

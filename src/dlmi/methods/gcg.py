@@ -22,6 +22,7 @@ from dlmi.methods.base import (
     StepOutput,
     _at_least,
     per_row,
+    walk_on,
 )
 from dlmi.methods.registry import register
 from dlmi.model.dlm import masked_cross_entropy
@@ -36,6 +37,10 @@ class GCGConfig(ScreenOptions, MethodConfig):
         512, 'single-swap candidates per step (Zou et al. 2023)', 'Zou et al. 2023')
     chunk_size: int = opt(128, 'candidates per forward pass: bounds memory')
     filter_roundtrip: bool = opt(True, 'keep only prompts whose text re-tokenises to the same ids')
+    # GCG moves every step; between two evaluation points only its last prompt is judged.
+    judge_walk: bool = opt(False, "offer every prompt it stood on since the last evaluation "
+                           "point (up to eval_every) to the greedy check too, as dlmi-search's "
+                           "judge_walk")
 
     def __post_init__(self):
         super().__post_init__()
@@ -113,5 +118,8 @@ class GCG(IncumbentSearch):
         state.prompts = cand[torch.arange(cand.shape[0], device=cand.device), best]
         state.loss = best_loss
         order = losses.argsort(1)[:, :4]  # a few runners-up are worth a greedy check too
-        return StepOutput(loss=best_loss, candidates=cand.gather(
-            1, order[..., None].expand(-1, -1, cand.shape[2])))
+        offered = cand.gather(1, order[..., None].expand(-1, -1, cand.shape[2]))  # (B, 4, N)
+        if cfg.judge_walk:  # the prompts before this one, since the last evaluation point
+            state.walk = walk_on(state.walk, state.prompts, cfg.eval_every)
+            offered = torch.cat([offered, state.walk[:, 1:]], 1)
+        return StepOutput(loss=best_loss, candidates=offered)
