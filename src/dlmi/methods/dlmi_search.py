@@ -434,8 +434,10 @@ class DLMISearch(DLMI):
                     1, order[..., None].expand(-1, -1, pool.shape[2]))], 1)
             if cfg.judge_walk:  # the incumbents since the last evaluation point, newest first
                 state.walk = walk_on(state.walk, state.incumbent, cfg.eval_every)
-                older = state.walk[:, 1:]  # the newest is the incumbent, offered already
-                checked = older if checked is None else torch.cat([checked, older], 1)
+                if checked is None:
+                    checked = state.walk
+                else:  # the newest is the incumbent, offered already
+                    checked = torch.cat([checked, state.walk[:, 1:]], 1)
         return StepOutput(loss=state.best_loss.clone(), temperature=tau.detach().mean(1),
                           candidates=checked, train_argmax=train_argmax,
                           solved=state.best_exact.clone())
