@@ -198,10 +198,12 @@ def test_a_config_selects_its_method_and_no_config_the_default(tiny_lm):
 @pytest.mark.parametrize("objective", ["ce", "cw", "cw-prefix", "cw-first"])
 def test_each_objective_is_the_loss_the_search_reports(tiny_lm, objective):
     # The loss a run reports is its objective of its best hard prompt, recomputed here
-    # (checked=0: the greedy check judges that prompt alone, so it is the result's).
+    # (checked=0, no judge_walk: the greedy check judges that prompt alone, so it is the
+    # result's).
     target = hidden_prompt_target(tiny_lm, 101, prompt_len=6, target_len=8)
     r = dlmi.invert(tiny_lm, target, method="dlmi-search", prompt_length=6, steps=3,
-                    objective=objective, cw_margin=2.0, early_stop=False, checked=0)
+                    objective=objective, cw_margin=2.0, early_stop=False, checked=0,
+                    judge_walk=False)
     dlm = DifferentiableLM(tiny_lm)
     ids = torch.tensor([target])
     loss, _ = dlm.hard_losses(torch.tensor([r.prompt_ids]), ids, torch.ones_like(ids).bool(),
@@ -750,7 +752,8 @@ def test_the_step_offers_its_incumbent_and_best_scored_prompts_for_the_greedy_ch
     target = torch.tensor([hidden_prompt_target(tiny_lm, 9, target_len=8)])
     mask = torch.ones_like(target, dtype=torch.bool)
     for checked in (0, 3):
-        method = DLMISearch(DLMISearchConfig(prompt_length=4, swaps=8, checked=checked), dlm)
+        method = DLMISearch(DLMISearchConfig(prompt_length=4, swaps=8, checked=checked,
+                                             judge_walk=False), dlm)
         batch = Batch(target, mask, row_generators([0], torch.device("cpu")))
         state = method.init_state(batch)
         for step in range(1, 4):

@@ -190,8 +190,9 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     # between two evaluation points it stands on up to eval_every near-best prompts, of which
     # only the last is offered. On a target out of reach their greedy outputs differ (a miss
     # elsewhere, a resync after it), and the judge keeps the best; each decode is charged.
-    judge_walk: bool = opt(False, "offer every incumbent of the walk since the last evaluation "
-                           "point (up to eval_every prompts) to its greedy check too")
+    judge_walk: bool = opt(True, "offer every incumbent of the walk since the last evaluation "
+                           "point (up to eval_every prompts) to its greedy check too",
+                           "measured")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
 
     def __post_init__(self):
