@@ -15,10 +15,12 @@ import sys
 
 import torch
 
+from dlmi.inversion.config_builder import coerce
 from dlmi.methods.base import Batch, row_generators
 from dlmi.methods.pgd import PGD, PGDConfig
 from dlmi.model.dlm import DifferentiableLM
 from dlmi.model.models import load_model
+from dlmi.options import parse_value
 
 N, STEPS, TOP, ROUNDS, OBJECTIVE = 10, 64, 16, 40, "cw-prefix"
 
@@ -92,8 +94,7 @@ def main(targets_path: str, ids: list[str], out_path: str, options: dict) -> Non
 
 
 if __name__ == "__main__":
-    opts = {}
-    for kv in sys.argv[4:]:
-        k, v = kv.split("=")
-        opts[k] = type(getattr(PGDConfig, k, 0.0))(v) if not v.isdigit() else int(v)
+    # key=value pgd options, parsed and type-checked as `--set` does.
+    pairs = dict(kv.split("=", 1) for kv in sys.argv[4:])
+    opts = coerce(PGDConfig, {k: parse_value(v) for k, v in pairs.items()}, "support_search")
     main(sys.argv[1], sys.argv[2].split(","), sys.argv[3], opts)
