@@ -768,3 +768,55 @@ def test_the_step_offers_its_incumbent_and_best_scored_prompts_for_the_greedy_ch
             assert torch.all(loss[1:] >= loss[:-1] - 1e-5)  # best first
             # None of the step's scored prompts beats the best so far.
             assert float(loss[0]) >= float(state.best_loss[0]) - 1e-5
+
+
+def test_rank_by_lcs_keeps_the_prompt_whose_greedy_output_matches_most(tiny_lm):
+    # A 3-token prompt against a random target out of reach: the best prompt is the one whose
+    # greedy output has the longest common subsequence with the target, as decoded, and
+    # no incumbent the search stood on decodes to more of it.
+    from dlmi.metrics import lcs_length
+
+    dlm = DifferentiableLM(tiny_lm)
+    gen = torch.Generator().manual_seed(7)
+    target = torch.randint(3, tiny_lm.vocab_size, (8,), generator=gen)
+    from dlmi.methods.base import Batch
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    method = DLMISearch(DLMISearchConfig(prompt_length=3, swaps=8, rank_by="lcs"), dlm)
+    batch = Batch(target[None], torch.ones(1, 8, dtype=torch.bool),
+                  row_generators([0], torch.device("cpu")))
+    state = method.init_state(batch)
+    before = 0.0
+    for step in range(1, 13):
+        out = method.step(state, batch, step)
+        assert out.candidates is None  # every prompt of the pool was decoded by the search
+        decoded = dlm.greedy_decode(torch.stack([state.best[0], state.incumbent[0]]), 8)
+        best, here = (lcs_length(d.tolist(), target.tolist()) for d in decoded)
+        assert float(state.best_hits[0]) == best >= here
+        assert best >= before
+        before = best
+    assert before > 0
+
+
+@pytest.mark.parametrize("target_seed", [5, 7])
+def test_rank_by_lcs_judges_higher_than_the_loss_on_a_target_out_of_reach(tiny_lm, target_seed):
+    gen = torch.Generator().manual_seed(target_seed)
+    target = torch.randint(3, tiny_lm.vocab_size, (8,), generator=gen).tolist()
+    runs = [dlmi.invert(tiny_lm, target, method="dlmi-search", prompt_length=3, steps=24,
+                        seed=0, roundtrip=False, rank_by=rank) for rank in ("loss", "lcs")]
+    assert runs[1].lcs_ratio > runs[0].lcs_ratio
+    # The decode replaces the teacher-forced scoring (the same tokens) and the evaluation's
+    # extra decodes: about the same FLOPs.
+    assert 0.8 < runs[1].compute["flops"] / runs[0].compute["flops"] < 1.2
+
+
+@pytest.mark.parametrize("options,words", [
+    ({"rank_by": "judge"}, "rank_by must be one of loss, lcs"),
+    ({"rank_by": "lcs", "beam": 2}, "rank_by=lcs does not combine with beam"),
+    ({"rank_by": "lcs", "rounds": 2}, "rank_by=lcs does not combine with rounds"),
+])
+def test_bad_rank_by_settings_are_usage_errors(options, words):
+    from dlmi.errors import UsageError
+
+    with pytest.raises(UsageError, match=re.escape(words)):
+        DLMISearchConfig(prompt_length=10, **options)

@@ -213,3 +213,25 @@ def test_loss_and_exact_match_the_direct_formulas_and_a_tie_is_never_proof():
     tied[0, 0, 1] = tied[0, 0, 3] = 2.0
     for token in (1, 3):
         assert not loss_and_exact(tied, torch.tensor([[token]]), mask[:1, :1], "cw")[1].item()
+
+
+def test_greedy_margins_read_the_teacher_forced_logits_up_to_the_first_miss(tiny_lm):
+    from dlmi.model.dlm import target_and_rival
+
+    dlm = DifferentiableLM(tiny_lm)
+    prompt = torch.tensor([[5, 9, 40, 3], [7, 8, 20, 60]])
+    greedy = dlm.greedy_decode(prompt, 6)
+    # Row 0's target is its own greedy output with position 3 changed: positions 0-3 are
+    # read under teacher forcing, 4-5 after the model's own token; row 1's is all its own.
+    target = greedy.clone()
+    target[0, 3] = (target[0, 3] + 1) % dlm.vocab_size
+    out, wanted, rival, lse = dlm.greedy_margins(prompt, target)
+    assert torch.equal(out, greedy)
+    forced = dlm.teacher_forced_logits(dlm.embed_prompt(prompt), target, backward=False)
+    ref_t, ref_r = target_and_rival(forced, target)
+    assert torch.allclose(wanted[0, :4], ref_t[0, :4], atol=1e-4)
+    assert torch.allclose(rival[0, :4], ref_r[0, :4], atol=1e-4)
+    assert torch.allclose(wanted[1], ref_t[1], atol=1e-4)
+    assert torch.allclose(lse[1], forced[1].float().logsumexp(-1), atol=1e-4)
+    assert bool(wanted[0, 3] < rival[0, 3])  # the changed token is not the model's choice
+    assert not torch.allclose(wanted[0, 4:], ref_t[0, 4:], atol=1e-4)  # the course differs

@@ -41,13 +41,21 @@ from dlmi.methods.base import (
 )
 from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
 from dlmi.methods.registry import register
-from dlmi.model.dlm import OBJECTIVES, target_loss, won_positions
+from dlmi.metrics import lcs_length
+from dlmi.model.dlm import (
+    MARGIN_OBJECTIVES,
+    OBJECTIVES,
+    margin_loss_of,
+    target_loss,
+    won_positions,
+)
 from dlmi.model.optim import BatchedAdam
 from dlmi.model.screening import screen_model, screened_variant_losses
 from dlmi.options import opt
 
 PROPOSALS = ("z", "gradient", "both")
 POSITIONS = ("uniform", "late")
+RANKINGS = ("loss", "lcs")
 
 
 @dataclass
@@ -193,6 +201,15 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     judge_walk: bool = opt(True, "offer every incumbent of the walk since the last evaluation "
                            "point (up to eval_every prompts) to its greedy check too",
                            "measured")
+    # The judge is greedy decoding, the search's loss a teacher-forced stand-in for it: past
+    # the first missed position the greedy output no longer follows the target, so on a
+    # target out of reach two prompts of equal loss can decode to very different outputs.
+    # "lcs" decodes every prompt of the step's pool instead of scoring it under teacher
+    # forcing (the same tokens, so the same FLOPs) and ranks by the judge's own measure
+    # first: the longest common subsequence of the greedy output with the target, then the
+    # objective read off the logits the decode ran on (teacher-forced up to the first miss).
+    rank_by: str = opt("loss", "how the search ranks prompts: loss, or lcs (each step's "
+                       "prompts greedily decoded: the judge's LCS first, then the loss)")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
 
     def __post_init__(self):
@@ -270,6 +287,17 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
             raise UsageError("pairs + from_target + from_lm + copy_target + shifts must be at "
                              "most 1, "
                              f"got {shares:g}: lower one")
+        if self.rank_by not in RANKINGS:
+            raise UsageError(f"rank_by must be one of {', '.join(RANKINGS)}, "
+                             f"got {self.rank_by!r}: change --set rank_by=VALUE")
+        if self.rank_by == "lcs":
+            for name in ("rounds", "beam", "merge"):
+                if getattr(self, name) > 1:
+                    raise UsageError(f"rank_by=lcs does not combine with {name} > 1: "
+                                     f"set --set {name}=1 or --set rank_by=loss")
+            if self.scout:
+                raise UsageError("rank_by=lcs does not combine with scout: "
+                                 "set --set scout=0 or --set rank_by=loss")
         if self.proposal != "z" and not self.anchor:
             raise UsageError("gradient proposals need the anchor: set --set anchor=true "
                              "or --set proposal=z")
@@ -295,6 +323,7 @@ class DLMISearchState(DLMIState):
     best: torch.Tensor | None = None  # (B, N) lowest-loss (exact first) hard prompt so far
     best_loss: torch.Tensor | None = None  # (B,)
     best_exact: torch.Tensor | None = None  # (B,)
+    best_hits: torch.Tensor | None = None  # (B,) rank_by=lcs: LCS length of its greedy output
     stall: torch.Tensor | None = None  # (B,) steps since the best last improved or a kick
     since_best: torch.Tensor | None = None  # (B,) steps since the best last improved
     recent: torch.Tensor | None = None  # (B, T, N) the last T incumbents, newest first (tabu)
@@ -331,6 +360,7 @@ class DLMISearch(DLMI):
             state.incumbent_loss = state.best_loss = torch.full((B,), float("inf"), device=dev)
             state.incumbent_exact = state.best_exact = torch.zeros(B, dtype=torch.bool,
                                                                    device=dev)
+            state.best_hits = torch.zeros(B, device=dev)
             state.stall = torch.zeros(B, dtype=torch.long, device=dev)
             state.since_best = torch.zeros(B, dtype=torch.long, device=dev)
             state.beam = state.incumbent[:, None].repeat(1, cfg.beam, 1)
@@ -375,12 +405,17 @@ class DLMISearch(DLMI):
                     cand, pos, tokens = self._propose(state, batch, grad, W)  # (B, W, N), (B, W)
                     if self._copies(W):
                         self._copy_target(cand, state.incumbent, batch, train_argmax)
-                    cand_loss, cand_exact, no_gain = self._score(self._bases(state), cand,
-                                                                 batch, parents)
-                base_loss = torch.cat([losses[0][:, :1], state.beam_loss[:, 1:]], 1)[:, parents]
-                rejected = self._rejected(cand_loss, base_loss, no_gain)
-                single = self._single(W, dev)
-                self._forget_rejected(state, pos, tokens, rejected, W)
+                    if cfg.rank_by == "lcs":  # decoded with the whole pool below
+                        cand_loss = cand_exact = None
+                    else:
+                        cand_loss, cand_exact, no_gain = self._score(self._bases(state), cand,
+                                                                     batch, parents)
+                if cand_loss is not None:
+                    base_loss = torch.cat([losses[0][:, :1], state.beam_loss[:, 1:]],
+                                          1)[:, parents]
+                    rejected = self._rejected(cand_loss, base_loss, no_gain)
+                    single = self._single(W, dev)
+                    self._forget_rejected(state, pos, tokens, rejected, W)
                 pools.append(cand)
                 losses.append(cand_loss)
                 exacts.append(cand_exact)
@@ -394,14 +429,24 @@ class DLMISearch(DLMI):
                     losses.append(merged_loss)
                     exacts.append(merged_exact)
             pool = torch.cat(pools, 1)  # (B, K, N); the incumbent first, so ties keep it
-            pool_loss, pool_exact = self._admissible(pool, torch.cat(losses, 1),
-                                                     torch.cat(exacts, 1), batch)  # (B, K) x2
-            # An exact prompt beats any inexact one, then the lower loss.
-            key = self._key(pool_loss, pool_exact)  # (B, K)
+            if cfg.rank_by == "lcs":  # every prompt decoded: the judge's measure and the loss
+                raw_loss, raw_exact, pool_hits = self._decoded(pool, batch)  # (B, K) x3
+                if W:  # a swap that ranks no better than the incumbent (index 0) is rejected
+                    key = self._key(raw_loss, raw_exact, pool_hits)
+                    self._forget_rejected(state, pos, tokens, key[:, -W:] >= key[:, :1], W)
+            else:
+                raw_loss, raw_exact, pool_hits = torch.cat(losses, 1), torch.cat(exacts, 1), None
+            pool_loss, pool_exact = self._admissible(pool, raw_loss, raw_exact, batch)
+            # An exact prompt beats any inexact one, then (rank_by=lcs) the longer common
+            # subsequence of its greedy output with the target, then the lower loss.
+            key = self._key(pool_loss, pool_exact, pool_hits)  # (B, K)
             top = key.argmin(1)
-            improved = key[rows, top] < self._key(state.best_loss, state.best_exact)
+            improved = key[rows, top] < self._key(state.best_loss, state.best_exact,
+                                                  state.best_hits)
             set_rows(state, "best", improved, pool[rows, top], pool_loss[rows, top],
                       pool_exact[rows, top])
+            if pool_hits is not None:
+                state.best_hits = torch.where(improved, pool_hits[rows, top], state.best_hits)
             improved |= early
             state.stall = torch.where(improved, 0, state.stall + 1)
             # Move to the step's best proposal when it improves, or when stalled too long.
@@ -429,11 +474,13 @@ class DLMISearch(DLMI):
             if cfg.restart_after:
                 self._restart(state, batch, state.since_best >= cfg.restart_after)
             checked = None
-            if cfg.checked:  # the incumbent, then the pool's best by key: (B, 1 + C, N)
+            if cfg.rank_by == "lcs":  # every prompt of the pool was decoded; the best is kept
+                pass
+            elif cfg.checked:  # the incumbent, then the pool's best by key: (B, 1 + C, N)
                 order = key.argsort(1)[:, :cfg.checked]
                 checked = torch.cat([state.incumbent[:, None], pool.gather(
                     1, order[..., None].expand(-1, -1, pool.shape[2]))], 1)
-            if cfg.judge_walk:  # the incumbents since the last evaluation point, newest first
+            if cfg.judge_walk and cfg.rank_by != "lcs":  # the walk since the last evaluation
                 state.walk = walk_on(state.walk, state.incumbent, cfg.eval_every)
                 if checked is None:
                     checked = state.walk
@@ -514,10 +561,48 @@ class DLMISearch(DLMI):
         return improved
 
     @staticmethod
-    def _key(loss: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    def _key(loss: torch.Tensor, exact: torch.Tensor,
+             hits: torch.Tensor | None = None) -> torch.Tensor:
         """The order prompts are ranked in, lowest first: an exact prompt before any inexact
-        one, then the lower loss. loss, exact: same shape -> that shape."""
-        return loss - exact.float() * 1e9
+        one, then, given hits (the LCS length of the greedy output), the longer, then the
+        lower loss. loss, exact, hits: same shape -> that shape (float64 with hits, so the
+        loss still breaks ties under the offsets)."""
+        if hits is None:
+            return loss - exact.float() * 1e9
+        return loss.double() - exact.double() * 1e9 - hits.double() * 1e3
+
+    @torch.no_grad()
+    def _decoded(self, pool: torch.Tensor, batch: Batch):
+        """Every prompt of pool (B, K, N) scored by greedy decoding (rank_by=lcs): the loss
+        of the objective on the logits the decode ran on (the teacher-forced loss up to the
+        first miss, the model's own course after it), exact (the output is the target), and
+        hits, the length of the longest common subsequence of the output with the target,
+        the judge's measure: three (B, K) tensors. Each distinct prompt is decoded once, in
+        chunks of chunk_size; the decode reads the same tokens as teacher-forced scoring."""
+        cfg = self.config
+        B, K, N = pool.shape
+        lengths = batch.mask.sum(1)  # (B,)
+        keyed = torch.cat([torch.arange(B, device=pool.device).repeat_interleave(K)[:, None],
+                           pool.reshape(B * K, N)], 1)  # (B * K, 1 + N): row, prompt
+        distinct, back = torch.unique(keyed, dim=0, return_inverse=True)
+        rows = distinct[:, 0]
+        target, mask = batch.target_ids[rows], batch.mask[rows]  # (D, M)
+        parts = [self.dlm.greedy_margins(distinct[i:i + cfg.chunk_size, 1:],
+                                         target[i:i + cfg.chunk_size])
+                 for i in range(0, len(distinct), cfg.chunk_size)]
+        output, wanted, rival, lse = (torch.cat(p) for p in zip(*parts, strict=True))
+        if cfg.objective == "ce":
+            per = (lse - wanted) * mask
+            loss = per.sum(1) / mask.sum(1).clamp_min(1)
+        else:
+            loss = margin_loss_of(wanted, rival, mask, cfg.cw_margin,
+                                  MARGIN_OBJECTIVES[cfg.objective])
+        exact = ((output == target) | ~mask).all(1)
+        targets = target.tolist()
+        hits = torch.tensor([float(lcs_length(out[:n], targets[d][:n])) for d, (out, n) in
+                             enumerate(zip(output.tolist(), lengths[rows].tolist(),
+                                           strict=True))], device=pool.device)
+        return tuple(x[back].view(B, K) for x in (loss, exact, hits))
 
     @staticmethod
     def _rejected(loss: torch.Tensor, base_loss: torch.Tensor,

@@ -353,6 +353,21 @@ class DifferentiableLM:
         targets (Algorithm 2), so outputs and targets compare position by position; so is
         every position past a pair's output length (context.output_lengths).
         """
+        return self._greedy(prompt_ids, M, model_ids, prompt_embeds)[0]
+
+    @torch.no_grad()
+    def greedy_margins(self, prompt_ids: torch.Tensor, target_ids: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """greedy_decode of prompt_ids (B, N) plus, at every decoded position, the target
+        token's logit, the best other token's logit and the logsumexp, read off the logits
+        the decode ran on: free-running, so up to the first miss they are the teacher-forced
+        ones, and after it they follow the model's own output. target_ids (B, M) ->
+        outputs (B, M) and three (B, M) float tensors. The same tokens as a teacher-forced
+        pass, so the same FLOPs."""
+        return self._greedy(prompt_ids, target_ids.shape[1], target_ids=target_ids)
+
+    def _greedy(self, prompt_ids, M, model_ids=False, prompt_embeds=None, target_ids=None):
+        """greedy_decode, and with target_ids (B, M) greedy_margins' three readings."""
         if prompt_embeds is not None:
             prompt = prompt_embeds
         else:
@@ -363,8 +378,13 @@ class DifferentiableLM:
         self._count(B * K, embeds.shape[1], 1, cached=self.cached_prefix)
         cached = self.cached_prefix + embeds.shape[1]
         finished = torch.zeros(B * K, dtype=torch.bool, device=self.device)
-        tokens = []
+        tokens, readings = [], []
+        wanted = None if target_ids is None else target_ids.reshape(B * K, M // K)
         for m in range(M // K):
+            if wanted is not None:  # (B * K, 1, V) logits against the target's m-th token
+                last = out.logits[:, -1:]
+                readings.append((*target_and_rival(last, wanted[:, m:m + 1]),
+                                 last.float().logsumexp(-1)))
             nxt = out.logits[:, -1].argmax(-1)  # (B * K,)
             if self.eos_id is not None:
                 nxt = torch.where(finished, torch.full_like(nxt, self.eos_id), nxt)
@@ -379,7 +399,10 @@ class DifferentiableLM:
                                  **extra, **with_cache(self.model, cache_of(self.model, out)))
                 self._count(B * K, 1, 1, cached=cached)
                 cached += 1
-        return self._pad_past_outputs(torch.stack(tokens, dim=1)).reshape(B, M)
+        outputs = self._pad_past_outputs(torch.stack(tokens, dim=1)).reshape(B, M)
+        if wanted is None:
+            return outputs, None, None, None
+        return (outputs, *(torch.cat(r, 1).reshape(B, M) for r in zip(*readings, strict=True)))
 
     def _pad_past_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
         """outputs (B * K, M): positions past each pair's output length become EoS."""
