@@ -473,10 +473,8 @@ class DLMISearch(DLMI):
             state.since_best = torch.where(improved, 0, state.since_best + 1)
             if cfg.restart_after:
                 self._restart(state, batch, state.since_best >= cfg.restart_after)
-            checked = None
-            if cfg.rank_by == "lcs":  # every prompt of the pool was decoded; the best is kept
-                pass
-            elif cfg.checked:  # the incumbent, then the pool's best by key: (B, 1 + C, N)
+            checked = None  # under rank_by=lcs every prompt of the pool was decoded already
+            if cfg.checked and cfg.rank_by != "lcs":  # the incumbent, then the best by key
                 order = key.argsort(1)[:, :cfg.checked]
                 checked = torch.cat([state.incumbent[:, None], pool.gather(
                     1, order[..., None].expand(-1, -1, pool.shape[2]))], 1)
