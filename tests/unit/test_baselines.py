@@ -1,6 +1,6 @@
 import torch
 
-from dlmi.methods.base import Batch, row_generators
+from dlmi.methods.base import Batch, distinct_per_row, row_generators, walk_on
 from dlmi.methods.gcg import sample_swaps
 from dlmi.methods.soda import SODA, SODAConfig
 from dlmi.model.dlm import DifferentiableLM
@@ -89,3 +89,22 @@ def test_gcg_filter_drops_prompts_that_do_not_round_trip():
     lm = SimpleNamespace(tokenizer=MergingTokenizer())
     cand = torch.tensor([[[2, 2], [0, 1], [1, 0]]])  # "abab" ok, "ab" merges, "ba" ok
     assert round_trips(lm, [], cand).tolist() == [[True, False, True]]
+
+
+def test_distinct_per_row_scores_each_prompt_of_a_row_once_and_maps_every_prompt_back():
+    # Row 0 holds one prompt twice; row 1 holds row 0's first prompt, which is distinct there.
+    prompts = torch.tensor([[[3, 1], [2, 2], [3, 1]],
+                            [[3, 1], [0, 4], [0, 4]]])  # (B=2, K=3, N=2)
+    rows, distinct, back = distinct_per_row(prompts)
+    assert distinct.shape == (4, 2) and rows.tolist().count(0) == 2
+    assert back.shape == (2, 3)
+    assert torch.equal(distinct[back], prompts)  # every prompt found again in place
+    assert torch.equal(rows[back], torch.tensor([[0, 0, 0], [1, 1, 1]]))
+
+
+def test_walk_on_keeps_the_newest_prompts_first_up_to_its_length():
+    a, b, c = (torch.full((1, 2), v) for v in (1, 2, 3))
+    walk = walk_on(None, a, 2)
+    walk = walk_on(walk, b, 2)
+    assert walk[0, :, 0].tolist() == [2, 1]
+    assert walk_on(walk, c, 2)[0, :, 0].tolist() == [3, 2]

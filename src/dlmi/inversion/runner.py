@@ -22,7 +22,7 @@ from dlmi.errors import UsageError
 from dlmi.inversion.config_builder import build_config
 from dlmi.inversion.provenance import provenance
 from dlmi.inversion.result import InversionResult
-from dlmi.methods.base import Batch, MethodConfig, row_generators
+from dlmi.methods.base import Batch, MethodConfig, distinct_per_row, row_generators
 from dlmi.methods.registry import get_method, method_for
 from dlmi.metrics import lcs_ratio
 from dlmi.model.compute import ComputeCounter
@@ -289,13 +289,11 @@ class _Run:
         current = self.method.current_prompts(state)  # (b, N)
         cands = current[:, None] if candidates is None else torch.cat(
             [current[:, None], candidates], dim=1)  # (b, K, N)
-        b, K, N = cands.shape
+        b, K = cands.shape[:2]
         # One teacher-forced pass over the distinct prompts: hits (b, K, M).
         rows = torch.arange(b, device=cands.device)
-        keyed = torch.cat([rows.repeat_interleave(K)[:, None], cands.reshape(b * K, N)], 1)
-        distinct, back = torch.unique(keyed, dim=0, return_inverse=True)
-        hits = self.dlm.teacher_forced_hits(distinct[:, 1:], target[distinct[:, 0]])
-        hits = hits[back].view(b, K, -1)
+        of_row, distinct, back = distinct_per_row(cands)  # (D,), (D, N), (b, K)
+        hits = self.dlm.teacher_forced_hits(distinct, target[of_row])[back]  # (b, K, M)
         score = (hits | ~mask[:, None]).sum(-1)  # (b, K); ties keep index 0, the current one
         safe = self.dlm.round_trips(cands) if self.cfg.roundtrip else None  # (b, K) bool
         # Among equal hits, a prompt that survives as text wins.
@@ -323,7 +321,7 @@ class _Run:
             prompt = torch.tensor([ids], dtype=torch.long, device=chosen.device)
             output[j] = self.dlm.greedy_decode(prompt, target.shape[1], model_ids=True)[0]
         if K > 1 and self.cfg.judge_all:
-            self._decode_others(cands, pick, back.view(b, K), safe, proven, chosen, output,
+            self._decode_others(cands, pick, back, safe, proven, chosen, output,
                                 repaired)
         embeds = self.method.current_embeddings(state)  # (b, N, d) for soft prompts
         if embeds is not None:

@@ -234,6 +234,17 @@ def set_rows(state, name: str, where: torch.Tensor, prompts, loss, exact) -> Non
     setattr(state, name + "_exact", torch.where(where, exact, getattr(state, name + "_exact")))
 
 
+def distinct_per_row(prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct prompts of each row of prompts (B, K, N), so each is scored once:
+    rows (D,) the row each came from, distinct (D, N), and back (B, K), the index into
+    distinct of every prompt (scores[back] puts per-prompt scores back in place)."""
+    B, K, N = prompts.shape
+    keyed = torch.cat([torch.arange(B, device=prompts.device).repeat_interleave(K)[:, None],
+                       prompts.reshape(B * K, N)], 1)  # (B * K, 1 + N): row, prompt
+    distinct, back = torch.unique(keyed, dim=0, return_inverse=True)
+    return distinct[:, 0], distinct[:, 1:], back.view(B, K)
+
+
 def random_prompt_ids(generators: list[torch.Generator], length: int, vocab: int,
                       device) -> torch.Tensor:
     """(B, length) uniformly random token ids, row b drawn from generator b."""

@@ -35,6 +35,7 @@ from dlmi.methods.base import (
     ScreenOptions,
     StepOutput,
     _at_least,
+    distinct_per_row,
     per_row,
     set_rows,
     walk_on,
@@ -578,14 +579,10 @@ class DLMISearch(DLMI):
         the judge's measure: three (B, K) tensors. Each distinct prompt is decoded once, in
         chunks of chunk_size; the decode reads the same tokens as teacher-forced scoring."""
         cfg = self.config
-        B, K, N = pool.shape
         lengths = batch.mask.sum(1)  # (B,)
-        keyed = torch.cat([torch.arange(B, device=pool.device).repeat_interleave(K)[:, None],
-                           pool.reshape(B * K, N)], 1)  # (B * K, 1 + N): row, prompt
-        distinct, back = torch.unique(keyed, dim=0, return_inverse=True)
-        rows = distinct[:, 0]
+        rows, distinct, back = distinct_per_row(pool)  # (D,), (D, N), (B, K)
         target, mask = batch.target_ids[rows], batch.mask[rows]  # (D, M)
-        parts = [self.dlm.greedy_margins(distinct[i:i + cfg.chunk_size, 1:],
+        parts = [self.dlm.greedy_margins(distinct[i:i + cfg.chunk_size],
                                          target[i:i + cfg.chunk_size])
                  for i in range(0, len(distinct), cfg.chunk_size)]
         output, wanted, rival, lse = (torch.cat(p) for p in zip(*parts, strict=True))
@@ -600,7 +597,7 @@ class DLMISearch(DLMI):
         hits = torch.tensor([float(lcs_length(out[:n], targets[d][:n])) for d, (out, n) in
                              enumerate(zip(output.tolist(), lengths[rows].tolist(),
                                            strict=True))], device=pool.device)
-        return tuple(x[back].view(B, K) for x in (loss, exact, hits))
+        return tuple(x[back] for x in (loss, exact, hits))
 
     @staticmethod
     def _rejected(loss: torch.Tensor, base_loss: torch.Tensor,
