@@ -116,7 +116,7 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     # Z is the sum of every step's (Adam-normalised) gradient, from incumbents the search has
     # long left; GCG reads the current gradient alone. A decay weighs the recent steps more:
     # after each Adam step Z shrinks by this share (0.05: about the last 20 steps count).
-    # Measured no better at 0.05 on sweeps 4 and 5 (README), so every step counts alike.
+    # Measured no better at 0.05 on sweeps 4 and 5 (benchmarks/tuning/NOTES.md): every step counts.
     z_decay: float = opt(0.0, "share by which Z shrinks after each step, so its ranking "
                          "follows the recent gradients (0: every step counts alike)")
     row_adam: bool = opt(True, "Z's Adam keeps one second moment per position: Z ranks tokens")
@@ -185,7 +185,7 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     # first scores S swaps at every position, then spends the rest at the `focus` positions
     # whose best scout came closest to improving. Same swaps, same FLOPs; two forwards.
     # Offline (scout_policy.py) scout 1 / focus 2 raised a step's chance of improving its
-    # incumbent from 0.62 to 0.77; online it found fewer exact prompts (README), so it is off.
+    # incumbent from 0.62 to 0.77; online it found fewer exact prompts (tuning NOTES.md): off.
     scout: int = opt(0, "swaps per position scored first, the rest going to the `focus` "
                      "positions where the scouts did best (0: positions uniform)")
     focus: int = opt(2, "scout: positions that the swaps after the scouts go to")
