@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from dlmi.model.dlm import DifferentiableLM, target_and_rival, target_loss
+from dlmi.model.dlm import DifferentiableLM, strictly_won, target_and_rival, target_loss
 from dlmi.model.models import load_model
 
 K, K2, P, OBJECTIVE = 64, 16, 8, "cw-prefix"
@@ -26,8 +26,7 @@ def prefix_won(dlm, prompts, target, mask) -> torch.Tensor:
     """Leading target positions each prompt (R, N) wins strictly under teacher forcing: (R,)."""
     with torch.no_grad():
         logits = dlm.teacher_forced_logits(dlm.hard_embed(prompts), target, backward=False)
-    wanted, rival = target_and_rival(logits, target)
-    won = (wanted > rival) | ~mask
+    won = strictly_won(*target_and_rival(logits, target), mask)  # (R, M)
     return won.int().cumprod(1).sum(1)
 
 
