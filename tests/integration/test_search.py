@@ -820,3 +820,26 @@ def test_bad_rank_by_settings_are_usage_errors(options, words):
 
     with pytest.raises(UsageError, match=re.escape(words)):
         DLMISearchConfig(prompt_length=10, **options)
+
+
+def test_the_walk_leaves_prompts_that_fail_the_round_trip_and_best_keeps_only_those_that_pass(
+        tiny_lm, monkeypatch):
+    # Long prompts hold many merging pairs: the first prompt and all its single swaps fail.
+    # Here a prompt fails while it keeps two or more of the first prompt's tokens, so the
+    # walk needs three moves before any prompt may become best.
+    # Without kicks (patience=0) the walk moves only to what it ranks first.
+    first = {}
+
+    def round_trips(self, prompts):  # (B, N) or (B, K, N) -> (B,) or (B, K)
+        ids = first.setdefault("ids", (prompts if prompts.dim() == 2 else prompts[:, 0]).clone())
+        kept = (prompts == (ids if prompts.dim() == 2 else ids[:, None])).sum(-1)
+        return kept < 2
+
+    monkeypatch.setattr(DifferentiableLM, "round_trips", round_trips)
+    states = [(s.incumbent.clone(), s.best.clone(), float(s.best_loss[0]))
+              for s in _drive(tiny_lm, 12, swaps=8, patience=0)]
+    assert len({tuple(inc[0].tolist()) for inc, _, _ in states}) > 3  # the walk moved
+    finite = [(best, loss) for _, best, loss in states if loss != float("inf")]
+    assert finite  # a prompt that passes was reached and kept
+    for best, _ in finite:
+        assert bool(round_trips(None, best[:, None])[0, 0])

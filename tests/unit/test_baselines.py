@@ -4,7 +4,7 @@ from dlmi.methods.base import Batch, distinct_per_row, row_generators, walk_on
 from dlmi.methods.gcg import sample_swaps
 from dlmi.methods.soda import SODA, SODAConfig
 from dlmi.model.dlm import DifferentiableLM
-from dlmi.model.roundtrip import round_trips
+from dlmi.model.roundtrip import mended, round_trips
 
 
 def soda_setup(tiny_lm, **cfg):
@@ -89,6 +89,27 @@ def test_gcg_filter_drops_prompts_that_do_not_round_trip():
     lm = SimpleNamespace(tokenizer=MergingTokenizer())
     cand = torch.tensor([[[2, 2], [0, 1], [1, 0]]])  # "abab" ok, "ab" merges, "ba" ok
     assert round_trips(lm, [], cand).tolist() == [[True, False, True]]
+
+
+def _merging_lm():
+    from types import SimpleNamespace
+
+    tok = MergingTokenizer()
+    return SimpleNamespace(tokenizer=tok, decode=lambda ids: tok.batch_decode([ids])[0],
+                           encode=lambda text: tok([text])["input_ids"][0])
+
+
+def test_mended_replaces_the_first_token_that_breaks_the_round_trip_by_its_first_good_rival():
+    lm = _merging_lm()
+    # a b b: "abb" re-encodes as ab b. Position 1's rivals: b (fails again) then ab.
+    ranked = [[1], [1, 2], [0]]
+    assert mended(lm, [], [0, 1, 1], ranked) == [0, 2, 1]  # "aabb" -> a ab b
+    assert mended(lm, [], [1, 1, 0], ranked) == [1, 1, 0]  # "bba" passes: left as it is
+    assert mended(lm, [], [1, 0, 1], ranked) == [1, 0, 0]  # "bab" -> b ab: the last is a
+    # No rival passes: the token stays (the search filters such prompts).
+    assert mended(lm, [], [0, 1], [[1], [1]]) == [0, 1]
+    # The context counts: after "a", a prompt starting with b merges with it.
+    assert mended(lm, [0], [1, 0], [[0], [1]]) == [0, 0]
 
 
 def test_distinct_per_row_scores_each_prompt_of_a_row_once_and_maps_every_prompt_back():

@@ -357,7 +357,7 @@ class DLMISearch(DLMI):
         rows = torch.arange(B, device=self.dlm.device)
         dev = self.dlm.device
         if state.incumbent is None:  # the first incumbent is Z's argmax, not yet scored
-            state.incumbent = state.best = state.Z.detach().argmax(-1)
+            state.incumbent = state.best = self._start(state.Z.detach())
             state.incumbent_loss = state.best_loss = torch.full((B,), float("inf"), device=dev)
             state.incumbent_exact = state.best_exact = torch.zeros(B, dtype=torch.bool,
                                                                    device=dev)
@@ -440,7 +440,9 @@ class DLMISearch(DLMI):
             pool_loss, pool_exact = self._admissible(pool, raw_loss, raw_exact, batch)
             # An exact prompt beats any inexact one, then (rank_by=lcs) the longer common
             # subsequence of its greedy output with the target, then the lower loss.
-            key = self._key(pool_loss, pool_exact, pool_hits)  # (B, K)
+            key = self._key(pool_loss, pool_exact, pool_hits)  # (B, K): what best may become
+            # The walk may pass through prompts best may not become, ranked after all others.
+            walk = self._walk_key(key, self._key(raw_loss, raw_exact, pool_hits))  # (B, K)
             top = key.argmin(1)
             improved = key[rows, top] < self._key(state.best_loss, state.best_exact,
                                                   state.best_hits)
@@ -453,20 +455,21 @@ class DLMISearch(DLMI):
             # Move to the step's best proposal when it improves, or when stalled too long.
             kick = (state.stall >= cfg.patience) if cfg.patience else torch.zeros_like(improved)
             kick &= pool.shape[1] > 1
-            move = self._move(state, pool, key) if pool.shape[1] > 1 else top
-            choice = torch.where(kick, move, top)
+            move = self._move(state, pool, walk) if pool.shape[1] > 1 else top
+            choice = torch.where(kick, move, walk.argmin(1))
             if cfg.beam > 1:  # the best distinct prompts; a kick leaves the old beam
                 old = torch.zeros(pool.shape[1], dtype=torch.bool, device=dev)  # (K,)
                 old[0] = True
                 old[runners_at:runners_at + cfg.beam - 1] = True
-                key = key.masked_fill(kick[:, None] & old, float("inf"))
-                pick = self._top_distinct(pool, key, cfg.beam)  # (B, P)
+                walk = walk.masked_fill(kick[:, None] & old, float("inf"))
+                pick = self._top_distinct(pool, walk, cfg.beam)  # (B, P)
                 choice = pick[:, 0]
                 state.beam = pool.gather(1, pick[..., None].expand(-1, -1, pool.shape[2]))
-                state.beam_loss = pool_loss.gather(1, pick)
-                state.beam_exact = pool_exact.gather(1, pick)
+                state.beam_loss = raw_loss.gather(1, pick)
+                state.beam_exact = raw_exact.gather(1, pick)
+            # The walk's own losses: each step passes the pool through _admissible again.
             set_rows(state, "incumbent", torch.ones_like(improved), pool[rows, choice],
-                      pool_loss[rows, choice], pool_exact[rows, choice])
+                      raw_loss[rows, choice], raw_exact[rows, choice])
             if cfg.tabu:
                 recent = state.recent if state.recent is not None else pool[:, :0]
                 state.recent = torch.cat([state.incumbent[:, None], recent], 1)[:, :cfg.tabu]
@@ -558,6 +561,25 @@ class DLMISearch(DLMI):
         improved = won < self._key(state.best_loss, state.best_exact)
         set_rows(state, "best", improved, cand[rows, top], loss[rows, top], exact[rows, top])
         return improved
+
+    def _start(self, Z: torch.Tensor) -> torch.Tensor:
+        """The first incumbent (B, N): Z (B, N, V)'s argmax, mended with Z's next tokens
+        where its text would not re-tokenise to it (roundtrip), so the search starts on a
+        prompt it may keep: at N = 80 a single merging pair made every swap but the few at
+        that pair inadmissible."""
+        start = Z.argmax(-1)
+        if not self.config.roundtrip:
+            return start
+        ranked = Z.topk(min(self.config.top_k, Z.shape[-1]), dim=-1).indices[..., 1:]
+        return self.dlm.mend_round_trip(start, ranked)  # (B, N)
+
+    @staticmethod
+    def _walk_key(key: torch.Tensor, raw_key: torch.Tensor) -> torch.Tensor:
+        """The order the walk moves in (B, K), float64: key where a prompt may be kept, else
+        after all of those, by raw_key (its key before _admissible). Where every prompt near
+        the incumbent fails the round trip (long prompts hold many merging pairs, a swap
+        mends one), the walk still moves by loss until it reaches prompts that may be kept."""
+        return torch.where(key.isfinite(), key.double(), raw_key.double() + 1e12)
 
     @staticmethod
     def _key(loss: torch.Tensor, exact: torch.Tensor,

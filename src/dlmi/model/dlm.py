@@ -20,7 +20,7 @@ from dlmi.model.context import SpanContext
 from dlmi.model.estimators import gumbel_noise, gumbel_softmax
 from dlmi.model.kv_cache import cache_of, with_cache
 from dlmi.model.models import LoadedModel, contiguous_head_input
-from dlmi.model.roundtrip import round_trips
+from dlmi.model.roundtrip import mended, round_trips
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,19 @@ class DifferentiableLM:
         the context (the first pair's), tokenises back to the same ids."""
         ctx = self.context
         return round_trips(self.lm, ctx.before[0], self.global_ids(prompt_ids), ctx.after[0])
+
+    def mend_round_trip(self, prompt_ids: torch.Tensor, ranked: torch.Tensor) -> torch.Tensor:
+        """(B, N) prompts -> (B, N), each changed where it breaks the round trip in the
+        context (the first pair's) to the first alternative of ranked (B, N, A) that keeps it
+        (see dlmi.model.roundtrip.mended); prompts that pass are returned as they are."""
+        ctx = self.context
+        out = prompt_ids.clone()
+        for b in (~self.round_trips(prompt_ids)).nonzero()[:, 0].tolist():
+            ids = self.global_ids(prompt_ids[b]).tolist()
+            alternatives = self.global_ids(ranked[b]).tolist()
+            fixed = mended(self.lm, ctx.before[0], ids, alternatives, ctx.after[0])
+            out[b] = self.local_ids(torch.tensor(fixed, device=out.device))
+        return out
 
     def local_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """The model's token ids (...) -> the prompt vocabulary's; a token outside it is an

@@ -34,3 +34,23 @@ def round_trips(lm, before: Sequence[int], prompts: torch.Tensor, after: Sequenc
     again = tok([head + t + tail for t in texts], add_special_tokens=False)["input_ids"]
     ok = [list(a) == before + ids + after for a, ids in zip(again, flat, strict=True)]
     return torch.tensor(ok, device=prompts.device).view(prompts.shape[:-1])
+
+
+def mended(lm, before: Sequence[int], ids: Sequence[int], ranked: Sequence[Sequence[int]],
+           after: Sequence[int] = ()) -> list[int]:
+    """ids changed, left to right, where their text would not re-tokenise to them: at each
+    position where the prompt so far fails the round trip (its token merges with the ones
+    before, or, last, with `after`), the first of that position's alternatives `ranked[i]`
+    that passes replaces it; where none passes, the token stays. A long prompt drawn token
+    by token usually fails at a few positions only (Z's argmax at N = 80: one)."""
+    out: list[int] = []
+    last = len(ids) - 1
+    for i, token in enumerate(ids):
+        tail = after if i == last else ()
+        for choice in (token, *ranked[i]):
+            if bool(round_trips(lm, before, torch.tensor([[*out, choice]]), tail)[0]):
+                out.append(choice)
+                break
+        else:
+            out.append(token)
+    return out
