@@ -133,13 +133,13 @@ def test_invert_defaults_to_dlmi_search():
     assert args.method == "dlmi-search"
 
 
-def _drive(lm, steps: int, **options):
+def _drive(lm, steps: int, prompt_length: int = 4, **options):
     """Run dlmi-search's steps by hand; yields the state after each step."""
     from dlmi.methods.base import Batch
     from dlmi.methods.dlmi_search import DLMISearch
 
     dlm = DifferentiableLM(lm)
-    method = DLMISearch(DLMISearchConfig(prompt_length=4, **options), dlm)
+    method = DLMISearch(DLMISearchConfig(prompt_length=prompt_length, **options), dlm)
     target = torch.tensor([hidden_prompt_target(lm, 9, target_len=8)])
     batch = Batch(target, torch.ones_like(target, dtype=torch.bool),
                   row_generators([0], torch.device("cpu")))
@@ -843,3 +843,47 @@ def test_the_walk_leaves_prompts_that_fail_the_round_trip_and_best_keeps_only_th
     assert finite  # a prompt that passes was reached and kept
     for best, _ in finite:
         assert bool(round_trips(None, best[:, None])[0, 0])
+
+
+def test_merge_defaults_to_eight_for_long_prompts_alone_and_stays_as_set():
+    assert DLMISearchConfig(prompt_length=80).merged == 8
+    assert DLMISearchConfig(prompt_length=64).merged == 8
+    assert DLMISearchConfig(prompt_length=20).merged == 0
+    assert DLMISearchConfig(prompt_length=80, merge=0).merged == 0
+    assert DLMISearchConfig(prompt_length=10, merge=3).merged == 3
+    # What merge does not combine with turns the automatic merge off instead of failing.
+    assert DLMISearchConfig(prompt_length=80, beam=2).merged == 0
+    assert DLMISearchConfig(prompt_length=80, rank_by="lcs").merged == 0
+
+
+def test_merged_candidate_applies_the_best_improving_swaps_at_distinct_positions(
+        tiny_lm, monkeypatch):
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    seen = []
+    real = DLMISearch._merge
+
+    def spy(self, incumbent, pos, tokens, cand_loss, incumbent_loss):
+        out = real(self, incumbent, pos, tokens, cand_loss, incumbent_loss)  # (B, 1, N)
+        seen.append((incumbent.clone(), pos, tokens, cand_loss.clone(),
+                     incumbent_loss.clone(), out))
+        return out
+
+    monkeypatch.setattr(DLMISearch, "_merge", spy)
+    list(_drive(tiny_lm, 2, prompt_length=20, swaps=16))
+    assert not seen  # off below AUTO_MERGE_FROM positions
+    list(_drive(tiny_lm, 3, prompt_length=64, swaps=32))
+    assert seen
+    sizes = []
+    for incumbent, pos, tokens, loss, base, out in seen:
+        changed = (out[0, 0] != incumbent[0]).nonzero()[:, 0].tolist()
+        sizes.append(len(changed))
+        assert len(changed) <= 8
+        improving = loss[0] < base[0]  # every change is an improving swap's token there
+        for p in changed:
+            hits = (pos[0] == p) & (tokens[0] == out[0, 0, p]) & improving
+            assert bool(hits.any())
+        best = int(loss[0].argmin())  # the best swap, if it improves, is always taken
+        if bool(improving[best]):
+            assert int(out[0, 0, pos[0, best]]) == int(tokens[0, best])
+    assert max(sizes) > 1  # several swaps were merged at least once

@@ -57,6 +57,9 @@ from dlmi.options import opt
 PROPOSALS = ("z", "gradient", "both")
 POSITIONS = ("uniform", "late")
 RANKINGS = ("loss", "lcs")
+# merge=None: AUTO_MERGE swaps merged from prompts of AUTO_MERGE_FROM positions up (measured
+# at N = 80: a large gain; at N = 20: none; the threshold between is not measured).
+AUTO_MERGE, AUTO_MERGE_FROM = 8, 64
 
 
 @dataclass
@@ -161,9 +164,14 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     restart_swaps: int = opt(3, "positions changed at a restart, each to one of Z's top_k")
     # Multi-coordinate move: the best improving swaps of a step at distinct positions,
     # applied together to the incumbent and scored as one more candidate (1 + merge
-    # positions change at once), so gains that add up are taken in one step.
-    merge: int = opt(0, "best improving swaps at distinct positions combined into one more "
-                     "candidate per step (0: off; 4 measured no gain, sweep2-merge4)")
+    # positions change at once), so gains that add up are taken in one step. With many
+    # positions a step's improving swaps are many and mostly independent: measured on the
+    # sweep-4 k = 1 tuning targets, merge=8 solved 6/8 within 64 steps at N = 80 against 1/8
+    # off, but no more at N = 20 and none at N = 10 with merge=4 (benchmarks/tuning/NOTES.md).
+    merge: int | None = opt(
+        None, f"best improving swaps at distinct positions combined into one more candidate "
+        f"per step (0: off; null, the default: {AUTO_MERGE} from N = {AUTO_MERGE_FROM} up, where "
+        "measured to help, with one incumbent only; else off)", "measured")
     # Beam search: the search stands on the `beam` best distinct prompts instead of one, and
     # their single swaps share the step's `swaps` (in turn; copies are the incumbent's). A lone
     # incumbent stuck in a local minimum of single swaps (every proposal worse, as measured on
@@ -213,6 +221,15 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
                        "prompts greedily decoded: the judge's LCS first, then the loss)")
     chunk_size: int = opt(64, 'prompts per no-grad forward: bounds memory')
 
+    @property
+    def merged(self) -> int:
+        """The merge in force: `merge`, or where it is None, AUTO_MERGE for prompts of
+        AUTO_MERGE_FROM positions or more when nothing it does not combine with is set."""
+        if self.merge is not None:
+            return self.merge
+        alone = self.rounds == 1 and self.beam == 1 and self.rank_by == "loss"
+        return AUTO_MERGE if alone and self.prompt_length >= AUTO_MERGE_FROM else 0
+
     def __post_init__(self):
         super().__post_init__()
         _at_least(self, "swaps", 0)
@@ -224,7 +241,8 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
         _at_least(self, "cw_margin", 0.0)
         _at_least(self, "restart_after", 0)
         _at_least(self, "restart_swaps", 1)
-        _at_least(self, "merge", 0)
+        if self.merge is not None:
+            _at_least(self, "merge", 0)
         _at_least(self, "copy_length", 1)
         _at_least(self, "beam", 1)
         _at_least(self, "rounds", 1)
@@ -293,7 +311,7 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
                              f"got {self.rank_by!r}: change --set rank_by=VALUE")
         if self.rank_by == "lcs":
             for name in ("rounds", "beam", "merge"):
-                if getattr(self, name) > 1:
+                if (getattr(self, name) or 0) > 1:
                     raise UsageError(f"rank_by=lcs does not combine with {name} > 1: "
                                      f"set --set {name}=1 or --set rank_by=loss")
             if self.scout:
@@ -420,7 +438,7 @@ class DLMISearch(DLMI):
                 pools.append(cand)
                 losses.append(cand_loss)
                 exacts.append(cand_exact)
-                if cfg.merge > 1:
+                if cfg.merged > 1:
                     merged = self._merge(state.incumbent, pos, tokens,
                                          cand_loss.masked_fill(~single, float("inf")),
                                          losses[0][:, 0])  # (B, 1, N)
@@ -892,7 +910,7 @@ class DLMISearch(DLMI):
         for b in range(incumbent.shape[0]):
             taken: set[int] = set()
             for w in order[b].tolist():
-                if len(taken) == self.config.merge or cand_loss[b, w] >= incumbent_loss[b]:
+                if len(taken) == self.config.merged or cand_loss[b, w] >= incumbent_loss[b]:
                     break
                 p = int(pos[b, w])
                 if p not in taken:
