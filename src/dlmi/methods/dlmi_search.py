@@ -595,8 +595,8 @@ class DLMISearch(DLMI):
     def _walk_key(key: torch.Tensor, raw_key: torch.Tensor) -> torch.Tensor:
         """The order the walk moves in (B, K), float64: key where a prompt may be kept, else
         after all of those, by raw_key (its key before _admissible). Where every prompt near
-        the incumbent fails the round trip (long prompts hold many merging pairs, a swap
-        mends one), the walk still moves by loss until it reaches prompts that may be kept."""
+        the incumbent fails the round trip (a merging pair that swaps elsewhere all keep),
+        the walk still moves by loss until it reaches prompts that may be kept."""
         return torch.where(key.isfinite(), key.double(), raw_key.double() + 1e12)
 
     @staticmethod
