@@ -824,7 +824,7 @@ def test_bad_rank_by_settings_are_usage_errors(options, words):
 
 def test_the_walk_leaves_prompts_that_fail_the_round_trip_and_best_keeps_only_those_that_pass(
         tiny_lm, monkeypatch):
-    # Long prompts hold many merging pairs: the first prompt and all its single swaps fail.
+    # As at N = 80 on the real model, the first prompt and its single swaps fail the trip.
     # Here a prompt fails while it keeps two or more of the first prompt's tokens, so the
     # walk needs three moves before any prompt may become best.
     # Without kicks (patience=0) the walk moves only to what it ranks first.
