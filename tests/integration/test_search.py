@@ -856,6 +856,15 @@ def test_merge_defaults_to_eight_for_long_prompts_alone_and_stays_as_set():
     assert DLMISearchConfig(prompt_length=80, rank_by="lcs").merged == 0
 
 
+def test_a_row_records_the_merge_that_ran_beside_the_automatic_setting(tiny_lm):
+    r = dlmi.invert(tiny_lm, [5, 6], method="dlmi-search", prompt_length=64, steps=1)
+    assert r.config["merge"] is None and r.config["resolved"] == {"merge": 8}
+    r = dlmi.invert(tiny_lm, [5, 6], method="dlmi-search", prompt_length=4, steps=1)
+    assert r.config["resolved"] == {"merge": 0}
+    assert dlmi.invert(tiny_lm, [5, 6], method="gcg", prompt_length=4,
+                       steps=1).config["resolved"] == {}
+
+
 def test_merged_candidate_applies_the_best_improving_swaps_at_distinct_positions(
         tiny_lm, monkeypatch):
     from dlmi.methods.dlmi_search import DLMISearch

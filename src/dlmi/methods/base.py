@@ -79,8 +79,13 @@ class MethodConfig:
                 raise UsageError(f"budget {b} is outside 1..steps ({self.steps}): "
                                  "raise --steps or drop that budget")
 
+    def resolved(self) -> dict:
+        """Options set to choose themselves (None: automatic), with the value in force; a
+        row records them so that `merge: null` does not hide what ran."""
+        return {}
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "resolved": self.resolved()}
 
 
 @dataclass

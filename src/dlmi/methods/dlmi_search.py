@@ -230,6 +230,9 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
         alone = self.rounds == 1 and self.beam == 1 and self.rank_by == "loss"
         return AUTO_MERGE if alone and self.prompt_length >= AUTO_MERGE_FROM else 0
 
+    def resolved(self) -> dict:
+        return {"merge": self.merged}
+
     def __post_init__(self):
         super().__post_init__()
         _at_least(self, "swaps", 0)
