@@ -509,6 +509,12 @@ class DLMISearch(DLMI):
                     checked = state.walk
                 else:  # the newest is the incumbent, offered already
                     checked = torch.cat([checked, state.walk[:, 1:]], 1)
+            if checked is not None and cfg.max_overlap < 1.0:
+                # The walk may pass through prompts over the cap; the judge must not keep one
+                # (it re-tokenises what does not round-trip itself, so only the cap is ours).
+                over = self._overlap(checked, batch) > cfg.max_overlap + 1e-6  # (B, C)
+                checked = torch.where(over[..., None], self.current_prompts(state)[:, None],
+                                      checked)
         return StepOutput(loss=state.best_loss.clone(), temperature=tau.detach().mean(1),
                           candidates=checked, train_argmax=train_argmax,
                           solved=state.best_exact.clone())
