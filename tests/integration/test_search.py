@@ -732,9 +732,10 @@ def test_judge_walk_can_only_raise_the_judged_lcs(tiny_lm, method):
     # The same seeded search, judged with and without its walk: the walk adds prompts to the
     # greedy check, and the judge keeps the best, so the best LCS at each point is no lower.
     # Random targets, out of reach of a 3-token prompt: every evaluation point decodes.
-    # Which target the walk lifts depends on the CPU's float rounding, so six are tried.
+    # Which target the walk lifts depends on the CPU's float rounding, so seven are tried
+    # (measured: seed 6 on an AVX2 CPU, 2 and 3 on one with AVX512-BF16; gcg 5, and 0 too).
     raised = 0
-    for target_seed in range(6):
+    for target_seed in range(7):
         gen = torch.Generator().manual_seed(target_seed)
         target = torch.randint(3, tiny_lm.vocab_size, (8,), generator=gen).tolist()
         # screen="off": a bfloat16 screen (on where it is native) would change the path.
