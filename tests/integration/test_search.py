@@ -657,6 +657,27 @@ def test_z_objective_trains_z_while_the_objective_still_ranks_prompts(tiny_lm):
         DLMISearchConfig(z_objective="mse")
 
 
+def test_miss_weight_is_the_loss_the_search_ranks_its_prompts_by(tiny_lm):
+    from dlmi.methods.base import Batch
+    from dlmi.methods.dlmi_search import DLMISearch
+
+    dlm = DifferentiableLM(tiny_lm)
+    target = torch.tensor([hidden_prompt_target(tiny_lm, 9, target_len=8)])
+    mask = torch.ones_like(target, dtype=torch.bool)
+    torch.manual_seed(0)
+    method = DLMISearch(DLMISearchConfig(prompt_length=4, swaps=8, miss_weight=4.0), dlm)
+    batch = Batch(target, mask, row_generators([0], torch.device("cpu")))
+    state = method.init_state(batch)
+    for step in range(1, 4):
+        method.step(state, batch, step)
+    weighted, _ = dlm.hard_losses(state.best, target, mask, 64, "cw-prefix", 1.0, 4.0)
+    plain, _ = dlm.hard_losses(state.best, target, mask, 64, "cw-prefix")
+    assert torch.allclose(state.best_loss, weighted, atol=1e-5)
+    assert not torch.allclose(weighted, plain)  # a miss remains, weighed 4 times
+    with pytest.raises(dlmi.errors.UsageError, match="miss_weight weighs the first missed"):
+        DLMISearchConfig(objective="cw", miss_weight=4.0)
+
+
 def test_rounds_that_cannot_be_run_are_usage_errors():
     from dlmi.errors import UsageError
 

@@ -142,6 +142,34 @@ def test_prefix_margin_loss_credits_won_positions_only_before_the_first_miss():
     assert lost.grad[0, 2].abs().sum() > 0
 
 
+def test_miss_weight_weighs_the_first_missed_position_alone():
+    from dlmi.model.dlm import masked_margin_loss, target_loss
+
+    # Position 0 won by 1, position 1 lost by 2, position 2 lost by 1 (V = 3).
+    logits = torch.tensor([[[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, 1.0]]])
+    target = torch.tensor([[0, 2, 0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    # cw-prefix: (-1 + 2 + 1) / 3; the first miss (position 1) counted 4 times: (-1 + 8 + 1) / 3.
+    weighted = masked_margin_loss(logits, target, mask, 1.0, after_miss=1.0, miss_weight=4.0)
+    assert weighted.item() == pytest.approx(8 / 3)
+    assert target_loss(logits, target, mask, "cw-prefix", 1.0, 4.0).item() == pytest.approx(8 / 3)
+    # cw-first: the positions after the miss left out: (-1 + 8) / 3.
+    assert masked_margin_loss(logits, target, mask, 1.0, after_miss=0.0,
+                              miss_weight=4.0).item() == pytest.approx(7 / 3)
+    # Nothing missed: no position to weigh, the loss is cw-prefix's.
+    won = torch.tensor([[0, 1, 2]])
+    assert masked_margin_loss(logits, won, mask, 1.0, after_miss=1.0,
+                              miss_weight=4.0).item() == -1.0
+    # The gradient at the first miss grows with its weight; the others' stays.
+    grads = []
+    for w in (1.0, 4.0):
+        x = logits.clone().requires_grad_()
+        masked_margin_loss(x, target, mask, 1.0, after_miss=1.0, miss_weight=w).backward()
+        grads.append(x.grad[0])
+    assert torch.allclose(grads[1][1], 4 * grads[0][1])
+    assert torch.equal(grads[1][2], grads[0][2]) and grads[0][1].abs().sum() > 0
+
+
 def test_subnormals_are_flushed_during_a_run_only():
     from dlmi.model.numerics import subnormals_flushed
 

@@ -90,15 +90,16 @@ def test_variant_losses_equal_hard_losses_for_less_compute(any_tiny):
         target = torch.randint(3, 90, (B, M), generator=g)
         mask = torch.ones(B, M, dtype=torch.bool)
         mask[0, -2:] = False
-        for objective in ("ce", "cw"):
+        for objective, miss_weight in (("ce", 1.0), ("cw", 1.0), ("cw-prefix", 4.0)):
             before_tokens = dlm.compute.tokens
             loss, exact = dlm.variant_losses(base, cand.reshape(B * W, N),
                                              torch.arange(B).repeat_interleave(W), target,
-                                             mask, chunk=16, objective=objective)
+                                             mask, chunk=16, objective=objective,
+                                             miss_weight=miss_weight)
             variant_tokens = dlm.compute.tokens - before_tokens
             ref_loss, ref_exact = dlm.hard_losses(
                 cand.reshape(B * W, N), target.repeat_interleave(W, 0),
-                mask.repeat_interleave(W, 0), objective=objective)
+                mask.repeat_interleave(W, 0), objective=objective, miss_weight=miss_weight)
             assert torch.allclose(loss, ref_loss, atol=1e-4)
             assert torch.equal(exact, ref_exact)
             assert variant_tokens < dlm.compute.tokens - before_tokens - variant_tokens

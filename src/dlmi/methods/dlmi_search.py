@@ -151,6 +151,13 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
         "alone) or ce", "measured")
     cw_margin: float = opt(
         1.0, "cw, cw-prefix, cw-first: a position won by this many logits earns nothing more")
+    # Greedy decoding follows the target up to its first miss, so winning that one position
+    # is what lengthens the output; under cw-prefix it weighs no more than each teacher-forced
+    # position after it, which greedy decoding never reads (on the hard targets those carry
+    # most of the loss). A weight w > 1 makes a swap's gain at the first miss count w times.
+    miss_weight: float = opt(
+        1.0, "cw-prefix, cw-first: weight of the first missed target position in the loss "
+        "(1: as the others)")
     # Z only proposes; the search's loss decides. The margin losses give no gradient at a
     # position won by cw_margin, so Z learns nothing there about keeping it won, nor, under
     # cw-prefix, much beyond the first miss; cross-entropy's gradient covers every position.
@@ -242,6 +249,7 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
         _at_least(self, "patience", 0)
         _at_least(self, "tabu", 0)
         _at_least(self, "cw_margin", 0.0)
+        _at_least(self, "miss_weight", 0.0)
         _at_least(self, "restart_after", 0)
         _at_least(self, "restart_swaps", 1)
         if self.merge is not None:
@@ -295,6 +303,10 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
         if self.objective not in OBJECTIVES:
             raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, "
                              f"got {self.objective!r}: change --set objective=VALUE")
+        if self.miss_weight != 1.0 and MARGIN_OBJECTIVES.get(self.objective) is None:
+            raise UsageError(f"miss_weight weighs the first missed position of cw-prefix or "
+                             f"cw-first, not of {self.objective}: set --set objective=cw-prefix "
+                             "or --set miss_weight=1")
         if self.z_objective not in ("same", *OBJECTIVES):
             raise UsageError(f"z_objective must be same or one of {', '.join(OBJECTIVES)}, "
                              f"got {self.z_objective!r}: change --set z_objective=VALUE")
@@ -640,7 +652,7 @@ class DLMISearch(DLMI):
             loss = per.sum(1) / mask.sum(1).clamp_min(1)
         else:
             loss = margin_loss_of(wanted, rival, mask, cfg.cw_margin,
-                                  MARGIN_OBJECTIVES[cfg.objective])
+                                  MARGIN_OBJECTIVES[cfg.objective], cfg.miss_weight)
         exact = ((output == target) | ~mask).all(1)
         targets = target.tolist()
         hits = torch.tensor([float(lcs_length(out[:n], targets[d][:n])) for d, (out, n) in
@@ -712,11 +724,13 @@ class DLMISearch(DLMI):
         mask = batch.mask.repeat_interleave(S, 0)
         logits = self.dlm.teacher_forced_logits(prompt, targets, soft_positions=N)
         fluency = self.dlm.fluency_penalty(prompt, p)
-        per_sample = (target_loss(logits, targets, mask, cfg.objective, cfg.cw_margin)
+        per_sample = (target_loss(logits, targets, mask, cfg.objective, cfg.cw_margin,
+                                  cfg.miss_weight)
                       + fluency).view(B, S)  # the search's loss of each sample
         trained = per_sample
         if cfg.z_objective not in ("same", cfg.objective):
-            trained = (target_loss(logits, targets, mask, cfg.z_objective, cfg.cw_margin)
+            trained = (target_loss(logits, targets, mask, cfg.z_objective, cfg.cw_margin,
+                                   cfg.miss_weight)
                        + fluency).view(B, S)
         state.optimizer.zero_grad()
         # Sum over rows: each row's gradient is its own (rows share no parameters).
@@ -978,10 +992,10 @@ class DLMISearch(DLMI):
         low = screen_model(self.dlm, cfg.screen) if K > cfg.screen_keep else None
         if low is None:  # no screen, or it would keep every swap anyway
             loss, exact = self.dlm.variant_losses(*args, cfg.chunk_size, cfg.objective,
-                                                  cfg.cw_margin)
+                                                  cfg.cw_margin, miss_weight=cfg.miss_weight)
             return loss.view(B, K), exact.view(B, K), None
         s = screened_variant_losses(self.dlm, low, *args, cfg.screen_keep, cfg.chunk_size,
-                                    cfg.objective, cfg.cw_margin)
+                                    cfg.objective, cfg.cw_margin, miss_weight=cfg.miss_weight)
         return s.loss.view(B, K), s.exact.view(B, K), s.no_gain.view(B, K)
 
     @torch.no_grad()
