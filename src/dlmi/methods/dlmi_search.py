@@ -155,6 +155,8 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     # is what lengthens the output; under cw-prefix it weighs no more than each teacher-forced
     # position after it, which greedy decoding never reads (on the hard targets those carry
     # most of the loss). A weight w > 1 makes a swap's gain at the first miss count w times.
+    # Measured worse at 0.5, 4 and 10 on sweep 5 (benchmarks/tuning/NOTES.md): the positions
+    # after the miss guide the search although greedy decoding does not read them.
     miss_weight: float = opt(
         1.0, "cw-prefix, cw-first: weight of the first missed target position in the loss "
         "(1: as the others)")
