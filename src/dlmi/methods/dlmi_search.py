@@ -526,7 +526,7 @@ class DLMISearch(DLMI):
             if checked is not None and cfg.max_overlap < 1.0:
                 # The walk may pass through prompts over the cap; the judge must not keep one
                 # (it re-tokenises what does not round-trip itself, so only the cap is ours).
-                over = self._overlap(checked, batch) > cfg.max_overlap + 1e-6  # (B, C)
+                over = self._over_cap(checked, batch)  # (B, C)
                 checked = torch.where(over[..., None], self.current_prompts(state)[:, None],
                                       checked)
         return StepOutput(loss=state.best_loss.clone(), temperature=tau.detach().mean(1),
@@ -698,9 +698,14 @@ class DLMISearch(DLMI):
             safe = self.dlm.round_trips(pool)  # (B, K)
             loss, exact = loss.masked_fill(~safe, float("inf")), exact & safe
         if self.config.max_overlap < 1.0:
-            over = self._overlap(pool, batch) > self.config.max_overlap + 1e-6  # (B, K)
+            over = self._over_cap(pool, batch)  # (B, K)
             loss, exact = loss.masked_fill(over, float("inf")), exact & ~over
         return loss, exact
+
+    def _over_cap(self, pool: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Prompts of pool (B, K, N) holding more of the target than max_overlap: (B, K) bool
+        (a float tolerance, so a prompt exactly at the cap stays)."""
+        return self._overlap(pool, batch) > self.config.max_overlap + 1e-6
 
     def _gradient_step(self, state: DLMISearchState, batch: Batch):
         """One Adam step on Z and Phi from S straight-through Gumbel-Softmax samples.
