@@ -1,11 +1,11 @@
 """Reading the loss and the exactness proof off the swaps' logits: one top-2 pass over the
-vocabulary (dlmi.model.dlm.loss_and_exact) against the direct formulas (a copy of the logits
-with the target masked, its max, and an argmax for the prefix and one for the proof), measured
-in one run on the default model. Prints the seconds of the reduction alone on (R, M, V) logits
-in float32 and bfloat16, then (--steps K) the seconds per whole step of dlmi-search and gcg
-(width 32, top-k 64, default screen) with each, K steps after a warm-up, alternating the two
-in rounds so that the machine's drift falls on both (the gradient step's own loss reads the
-top-2 pass in both). Then one JSON line.
+vocabulary (Objective.loss_and_exact in dlmi.model.objective) against the direct formulas (a
+copy of the logits with the target masked, its max, and an argmax for the prefix and one for
+the proof), measured in one run on the default model. Prints the seconds of the reduction
+alone on (R, M, V) logits in float32 and bfloat16, then (--steps K) the seconds per whole step
+of dlmi-search and gcg (width 32, top-k 64, default screen) with each, K steps after a
+warm-up, alternating the two in rounds so that the machine's drift falls on both (the gradient
+step's own loss reads the top-2 pass in both). Then one JSON line.
 
     python benchmarks/logit_reduction.py [--model smollm2-135m] [--rows 4] [--steps 4]
         [--rounds 2]
@@ -20,8 +20,19 @@ import time
 
 import torch
 
-import dlmi.model.dlm as dlm_module
-from dlmi.model.dlm import MARGIN_OBJECTIVES, masked_cross_entropy, won_positions
+from dlmi.model.objective import (
+    MARGIN_OBJECTIVES,
+    Objective,
+    masked_cross_entropy,
+    won_positions,
+)
+
+TOP2 = Objective.loss_and_exact
+
+
+def top2_loss_and_exact(logits, target_ids, mask, objective="ce", margin=1.0):
+    """The shipped reduction, called as the direct formulas are."""
+    return TOP2(Objective(objective, margin), logits, target_ids, mask)
 
 
 def direct_loss_and_exact(logits, target_ids, mask, objective="ce", margin=1.0):
@@ -54,7 +65,7 @@ def reduction_alone(V: int, repeats: int = 10) -> dict:
         mask = torch.ones(32, 10, dtype=torch.bool)
         times = {}
         for name, fn in (("direct", direct_loss_and_exact),
-                         ("top2", dlm_module.loss_and_exact)):
+                         ("top2", top2_loss_and_exact)):
             fn(logits, target, mask, "cw-prefix")
             runs = []
             for _ in range(repeats):
@@ -64,7 +75,7 @@ def reduction_alone(V: int, repeats: int = 10) -> dict:
             times[name] = statistics.median(runs)
         same = [torch.equal(a, b) for a, b in zip(
             direct_loss_and_exact(logits, target, mask, "cw-prefix"),
-            dlm_module.loss_and_exact(logits, target, mask, "cw-prefix"), strict=True)]
+            top2_loss_and_exact(logits, target, mask, "cw-prefix"), strict=True)]
         name = str(dtype).replace("torch.", "")
         out[name] = {**times, "speedup": times["direct"] / times["top2"], "identical": all(same)}
     return out
@@ -76,17 +87,18 @@ def whole_steps(lm, rows: int, steps: int, rounds: int) -> dict:
     targets = torch.randint(3, lm.vocab_size, (rows, 10),
                             generator=torch.Generator().manual_seed(0))
     methods = {"dlmi-search": {}, "gcg": {"search_width": 32, "top_k": 64}}
-    top2 = dlm_module.loss_and_exact
+    direct = lambda objective, logits, target_ids, mask: direct_loss_and_exact(  # noqa: E731
+        logits, target_ids, mask, objective.name, objective.margin)
     out = {}
     for method, options in methods.items():
         runs: dict[str, list[float]] = {"direct": [], "top2": []}
         for _ in range(rounds):
-            for name, fn in (("direct", direct_loss_and_exact), ("top2", top2)):
-                dlm_module.loss_and_exact = fn  # what variant_losses and hard_losses call
+            for name, fn in (("direct", direct), ("top2", TOP2)):
+                Objective.loss_and_exact = fn  # what variant_losses and hard_losses call
                 try:
                     runs[name].append(time_method(lm, method, targets, 10, steps, options)[0])
                 finally:
-                    dlm_module.loss_and_exact = top2
+                    Objective.loss_and_exact = TOP2
         d, t = statistics.median(runs["direct"]), statistics.median(runs["top2"])
         out[method] = {"direct_s": d, "top2_s": t, "speedup": d / t}
     return out

@@ -22,10 +22,12 @@ import time
 import torch
 
 
-def measure(dlm, low, width: int, rows: int, keep: int, rounds: int, objective: str,
+def measure(dlm, low, width: int, rows: int, keep: int, rounds: int, name: str,
             seed: int) -> dict:
+    from dlmi.model.objective import Objective
     from dlmi.model.screening import screened_variant_losses
 
+    objective = Objective(name)
     g = torch.Generator().manual_seed(seed)
     V, N, M = dlm.vocab_size, 10, 10
     base = torch.randint(V, (rows, N), generator=g)

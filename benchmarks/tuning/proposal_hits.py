@@ -17,11 +17,12 @@ import torch
 
 from dlmi.methods.base import Batch, row_generators
 from dlmi.methods.dlmi_search import DLMISearch, DLMISearchConfig, top_k_pick
-from dlmi.model.dlm import DifferentiableLM, target_loss
+from dlmi.model.dlm import DifferentiableLM
 from dlmi.model.models import load_model
+from dlmi.model.objective import Objective
 
 STEPS, EVERY, W, K, N = 72, 8, 32, 64, 10
-OBJECTIVE = "cw-prefix"
+OBJECTIVE = Objective("cw-prefix")
 
 
 def rank(scores: torch.Tensor) -> torch.Tensor:
@@ -34,7 +35,7 @@ def gradient(dlm, inc, target, mask):
     V = dlm.W_E.shape[0]
     onehot = torch.nn.functional.one_hot(inc, V).float().requires_grad_(True)
     logits = dlm.teacher_forced_logits(onehot @ dlm.W_E, target, soft_positions=N)
-    target_loss(logits, target, mask, OBJECTIVE).sum().backward()
+    OBJECTIVE(logits, target, mask).sum().backward()
     return onehot.grad
 
 
@@ -62,7 +63,7 @@ def search_on(targets_path: str, ids: list[str], **options):
     rows = {r["id"]: r for r in map(json.loads, open(targets_path))}
     target = torch.tensor([rows[i]["target_ids"] for i in ids])  # (B, M)
     mask = torch.ones_like(target, dtype=torch.bool)
-    method = DLMISearch(DLMISearchConfig(prompt_length=N, objective=OBJECTIVE, **options), dlm)
+    method = DLMISearch(DLMISearchConfig(prompt_length=N, objective=OBJECTIVE.name, **options), dlm)
     batch = Batch(target, mask, row_generators(list(range(len(ids))), torch.device("cpu")))
     return dlm, method, batch
 

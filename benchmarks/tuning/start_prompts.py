@@ -17,8 +17,9 @@ import torch
 
 from dlmi.model.dlm import DifferentiableLM
 from dlmi.model.models import load_model
+from dlmi.model.objective import Objective
 
-N, K, OBJECTIVE = 10, 48, "cw-prefix"
+N, K, OBJECTIVE = 10, 48, Objective("cw-prefix")
 
 
 def sampled(model, bos: int, skip: int, g: torch.Generator) -> torch.Tensor:

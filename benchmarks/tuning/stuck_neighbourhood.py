@@ -15,10 +15,11 @@ import sys
 
 import torch
 
-from dlmi.model.dlm import DifferentiableLM, strictly_won, target_and_rival, target_loss
+from dlmi.model.dlm import DifferentiableLM
 from dlmi.model.models import load_model
+from dlmi.model.objective import Objective, strictly_won, target_and_rival
 
-K, K2, P, OBJECTIVE = 64, 16, 8, "cw-prefix"
+K, K2, P, OBJECTIVE = 64, 16, 8, Objective("cw-prefix")
 SPECIAL = 17  # SmolLM2's ids below 17 are special tokens
 
 
@@ -35,7 +36,7 @@ def gradient(dlm, prompt, target, mask) -> torch.Tensor:
     onehot = torch.nn.functional.one_hot(prompt[None], dlm.W_E.shape[0]).float()
     onehot.requires_grad_(True)
     logits = dlm.teacher_forced_logits(onehot @ dlm.W_E, target, soft_positions=len(prompt))
-    target_loss(logits, target, mask, OBJECTIVE).sum().backward()
+    OBJECTIVE(logits, target, mask).sum().backward()
     return onehot.grad[0]
 
 

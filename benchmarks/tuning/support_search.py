@@ -20,9 +20,10 @@ from dlmi.methods.base import Batch, row_generators
 from dlmi.methods.pgd import PGD, PGDConfig
 from dlmi.model.dlm import DifferentiableLM
 from dlmi.model.models import load_model
+from dlmi.model.objective import Objective
 from dlmi.options import parse_value
 
-N, STEPS, TOP, ROUNDS, OBJECTIVE = 10, 64, 16, 40, "cw-prefix"
+N, STEPS, TOP, ROUNDS, OBJECTIVE = 10, 64, 16, 40, Objective("cw-prefix")
 
 
 def hits(dlm, prompts, target):

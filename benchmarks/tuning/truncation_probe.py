@@ -18,8 +18,9 @@ import torch
 
 from dlmi.methods.base import Batch, row_generators
 from dlmi.methods.registry import get_method
-from dlmi.model.dlm import DifferentiableLM, margin_loss_of, strictly_won, target_and_rival
+from dlmi.model.dlm import DifferentiableLM
 from dlmi.model.models import load_model
+from dlmi.model.objective import margin_loss_of, strictly_won, target_and_rival
 
 JS = (1, 2, 3, 5)  # positions scored after the first miss
 KEEP = 4

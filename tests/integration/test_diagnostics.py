@@ -5,7 +5,8 @@ from dlmi.cli import main
 from dlmi.errors import UsageError
 from dlmi.evaluation.diagnostics import parse_estimators, reference_gradient
 from dlmi.methods.base import Batch, row_generators
-from dlmi.model.dlm import DifferentiableLM, masked_cross_entropy
+from dlmi.model.dlm import DifferentiableLM
+from dlmi.model.objective import masked_cross_entropy
 
 
 def test_parse_estimators():

@@ -13,6 +13,7 @@ from dlmi.methods.dlmi_search import DLMISearchConfig
 from dlmi.metrics import lcs_ratio
 from dlmi.model.dlm import DifferentiableLM
 from dlmi.model.estimators import effective_temperature, gumbel_noise
+from dlmi.model.objective import Objective
 from tests.conftest import hidden_prompt_target
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -207,7 +208,7 @@ def test_each_objective_is_the_loss_the_search_reports(tiny_lm, objective):
     dlm = DifferentiableLM(tiny_lm)
     ids = torch.tensor([target])
     loss, _ = dlm.hard_losses(torch.tensor([r.prompt_ids]), ids, torch.ones_like(ids).bool(),
-                              objective=objective, margin=2.0)
+                              objective=Objective(objective, margin=2.0))
     assert r.history[-1]["loss"] == pytest.approx(loss.item(), abs=1e-5)
     if objective != "ce":
         assert loss.item() >= -2.0
@@ -476,7 +477,7 @@ def test_a_beam_holds_the_best_distinct_prompts_with_their_real_losses(tiny_lm):
         assert len({tuple(p.tolist()) for p in beam}) == 3  # distinct
         assert torch.equal(state.incumbent[0], beam[0])
         loss, _ = dlm.hard_losses(beam, target.expand(3, -1), mask.expand(3, -1),
-                                  objective="cw-prefix")
+                                  objective=Objective("cw-prefix"))
         assert torch.allclose(loss, state.beam_loss[0], atol=1e-4)
         assert (loss[:-1] <= loss[1:] + 1e-6).all()  # best first
         best.append(float(state.best_loss[0]))
@@ -568,7 +569,7 @@ def test_rounds_score_the_swaps_in_turns_each_changing_the_last_winner(tiny_lm, 
     moved = 0
     for (base, cand, loss), (next_base, _, _) in zip(calls, calls[1:], strict=False):
         won = loss.argmin()
-        base_loss, _ = dlm.hard_losses(base[None], target, mask, objective="cw-prefix")
+        base_loss, _ = dlm.hard_losses(base[None], target, mask, objective=Objective("cw-prefix"))
         if len(cand) == 2:  # an early round: the next round changes its winner if it won
             expected = cand[won] if loss[won] < base_loss[0] - 1e-5 else base
             if loss[won] < base_loss[0] - 1e-5:
@@ -651,9 +652,9 @@ def test_z_objective_trains_z_while_the_objective_still_ranks_prompts(tiny_lm):
     split = runs["split"]
     assert torch.allclose(split.Z, runs["ce"].Z)  # Z moved by cross-entropy's gradient
     assert not torch.allclose(split.Z, runs["cw"].Z)
-    cw, _ = dlm.hard_losses(split.best, target, mask, 64, "cw-prefix")
+    cw, _ = dlm.hard_losses(split.best, target, mask, 64, Objective("cw-prefix"))
     assert torch.allclose(split.best_loss, cw, atol=1e-5)  # the prompt's loss is cw-prefix's
-    with pytest.raises(dlmi.errors.UsageError, match="z_objective must be same or one of"):
+    with pytest.raises(dlmi.errors.UsageError, match="z_objective must be one of same, ce, cw"):
         DLMISearchConfig(z_objective="mse")
 
 
@@ -670,8 +671,8 @@ def test_miss_weight_is_the_loss_the_search_ranks_its_prompts_by(tiny_lm):
     state = method.init_state(batch)
     for step in range(1, 4):
         method.step(state, batch, step)
-    weighted, _ = dlm.hard_losses(state.best, target, mask, 64, "cw-prefix", 1.0, 4.0)
-    plain, _ = dlm.hard_losses(state.best, target, mask, 64, "cw-prefix")
+    weighted, _ = dlm.hard_losses(state.best, target, mask, 64, Objective("cw-prefix", 1.0, 4.0))
+    plain, _ = dlm.hard_losses(state.best, target, mask, 64, Objective("cw-prefix"))
     assert torch.allclose(state.best_loss, weighted, atol=1e-5)
     assert not torch.allclose(weighted, plain)  # a miss remains, weighed 4 times
     with pytest.raises(dlmi.errors.UsageError, match="miss_weight weighs the first missed"):
@@ -812,7 +813,7 @@ def test_the_step_offers_its_incumbent_and_best_scored_prompts_for_the_greedy_ch
             assert out.candidates.shape == (1, 1 + checked, 4)
             assert torch.equal(out.candidates[0, 0], state.incumbent[0])
             loss, _ = dlm.hard_losses(out.candidates[0, 1:], target.expand(checked, -1),
-                                      mask.expand(checked, -1), objective="cw-prefix")
+                                      mask.expand(checked, -1), objective=Objective("cw-prefix"))
             assert torch.all(loss[1:] >= loss[:-1] - 1e-5)  # best first
             # None of the step's scored prompts beats the best so far.
             assert float(loss[0]) >= float(state.best_loss[0]) - 1e-5

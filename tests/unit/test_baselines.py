@@ -21,7 +21,7 @@ def test_soda_first_step_has_no_bias_correction_and_decays(tiny_lm):
     Z0 = state.Z.detach().clone()
     # Recompute the gradient the step will see.
     p = torch.softmax(state.Z / 0.05, -1)
-    from dlmi.model.dlm import masked_cross_entropy
+    from dlmi.model.objective import masked_cross_entropy
 
     logits = method.dlm.teacher_forced_logits(method.dlm.soft_embed(p), batch.target_ids)
     (g,) = torch.autograd.grad(masked_cross_entropy(logits, batch.target_ids, batch.mask).sum(),

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from dlmi.model.context import SpanContext
 from dlmi.model.dlm import DifferentiableLM
+from dlmi.model.objective import Objective
 
 HEADER = (1, 50, 51, 52, 53, 54)  # e.g. a chat template's system message, in every pair
 # Pairs as in prompt tuning: the header, then text that differs, then the span, then more text.
@@ -90,16 +91,15 @@ def test_variant_losses_equal_hard_losses_for_less_compute(any_tiny):
         target = torch.randint(3, 90, (B, M), generator=g)
         mask = torch.ones(B, M, dtype=torch.bool)
         mask[0, -2:] = False
-        for objective, miss_weight in (("ce", 1.0), ("cw", 1.0), ("cw-prefix", 4.0)):
+        for objective in (Objective("ce"), Objective("cw"), Objective("cw-prefix", 1.0, 4.0)):
             before_tokens = dlm.compute.tokens
             loss, exact = dlm.variant_losses(base, cand.reshape(B * W, N),
                                              torch.arange(B).repeat_interleave(W), target,
-                                             mask, chunk=16, objective=objective,
-                                             miss_weight=miss_weight)
+                                             mask, chunk=16, objective=objective)
             variant_tokens = dlm.compute.tokens - before_tokens
             ref_loss, ref_exact = dlm.hard_losses(
                 cand.reshape(B * W, N), target.repeat_interleave(W, 0),
-                mask.repeat_interleave(W, 0), objective=objective, miss_weight=miss_weight)
+                mask.repeat_interleave(W, 0), objective=objective)
             assert torch.allclose(loss, ref_loss, atol=1e-4)
             assert torch.equal(exact, ref_exact)
             assert variant_tokens < dlm.compute.tokens - before_tokens - variant_tokens

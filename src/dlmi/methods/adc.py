@@ -26,7 +26,7 @@ from dlmi.methods.relaxed_onehot import (
     RelaxedOneHotMethod,
     RelaxedOneHotState,
 )
-from dlmi.model.dlm import won_positions
+from dlmi.model.objective import won_positions
 from dlmi.options import opt
 
 

@@ -43,11 +43,11 @@ from dlmi.methods.base import (
 from dlmi.methods.dlmi_method import DLMI, DLMIState, GumbelPromptConfig
 from dlmi.methods.registry import register
 from dlmi.metrics import lcs_length
-from dlmi.model.dlm import (
+from dlmi.model.objective import (
     MARGIN_OBJECTIVES,
     OBJECTIVES,
-    margin_loss_of,
-    target_loss,
+    Objective,
+    check_objective_name,
     won_positions,
 )
 from dlmi.model.optim import BatchedAdam
@@ -242,6 +242,18 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
     def resolved(self) -> dict:
         return {"merge": self.merged}
 
+    @property
+    def search_loss(self) -> Objective:
+        """The loss the search ranks prompts by (and Z's, with z_objective same)."""
+        return Objective(self.objective, self.cw_margin, self.miss_weight)
+
+    @property
+    def z_loss(self) -> Objective:
+        """The loss whose gradient trains Z."""
+        if self.z_objective == "same":
+            return self.search_loss
+        return Objective(self.z_objective, self.cw_margin, self.miss_weight)
+
     def __post_init__(self):
         super().__post_init__()
         _at_least(self, "swaps", 0)
@@ -302,16 +314,12 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be between 0 and 1, got {getattr(self, name)}: "
                                  f"change --set {name}=VALUE")
-        if self.objective not in OBJECTIVES:
-            raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, "
-                             f"got {self.objective!r}: change --set objective=VALUE")
+        check_objective_name(self.objective)
         if self.miss_weight != 1.0 and MARGIN_OBJECTIVES.get(self.objective) is None:
             raise UsageError(f"miss_weight weighs the first missed position of cw-prefix or "
                              f"cw-first, not of {self.objective}: set --set objective=cw-prefix "
                              "or --set miss_weight=1")
-        if self.z_objective not in ("same", *OBJECTIVES):
-            raise UsageError(f"z_objective must be same or one of {', '.join(OBJECTIVES)}, "
-                             f"got {self.z_objective!r}: change --set z_objective=VALUE")
+        check_objective_name(self.z_objective, "z_objective", ("same", *OBJECTIVES))
         if self.positions not in POSITIONS:
             raise UsageError(f"positions must be one of {', '.join(POSITIONS)}, "
                              f"got {self.positions!r}: change --set positions=VALUE")
@@ -649,12 +657,11 @@ class DLMISearch(DLMI):
                                          target[i:i + cfg.chunk_size])
                  for i in range(0, len(distinct), cfg.chunk_size)]
         output, wanted, rival, lse = (torch.cat(p) for p in zip(*parts, strict=True))
-        if cfg.objective == "ce":
+        if cfg.search_loss.is_margin:
+            loss = cfg.search_loss.margin_loss(wanted, rival, mask)
+        else:
             per = (lse - wanted) * mask
             loss = per.sum(1) / mask.sum(1).clamp_min(1)
-        else:
-            loss = margin_loss_of(wanted, rival, mask, cfg.cw_margin,
-                                  MARGIN_OBJECTIVES[cfg.objective], cfg.miss_weight)
         exact = ((output == target) | ~mask).all(1)
         targets = target.tolist()
         hits = torch.tensor([float(lcs_length(out[:n], targets[d][:n])) for d, (out, n) in
@@ -731,14 +738,11 @@ class DLMISearch(DLMI):
         mask = batch.mask.repeat_interleave(S, 0)
         logits = self.dlm.teacher_forced_logits(prompt, targets, soft_positions=N)
         fluency = self.dlm.fluency_penalty(prompt, p)
-        per_sample = (target_loss(logits, targets, mask, cfg.objective, cfg.cw_margin,
-                                  cfg.miss_weight)
+        per_sample = (cfg.search_loss(logits, targets, mask)
                       + fluency).view(B, S)  # the search's loss of each sample
         trained = per_sample
-        if cfg.z_objective not in ("same", cfg.objective):
-            trained = (target_loss(logits, targets, mask, cfg.z_objective, cfg.cw_margin,
-                                   cfg.miss_weight)
-                       + fluency).view(B, S)
+        if cfg.z_loss != cfg.search_loss:
+            trained = (cfg.z_loss(logits, targets, mask) + fluency).view(B, S)
         state.optimizer.zero_grad()
         # Sum over rows: each row's gradient is its own (rows share no parameters).
         trained.mean(1).sum().backward()
@@ -998,11 +1002,10 @@ class DLMISearch(DLMI):
                 batch.target_ids.repeat_interleave(P, 0), batch.mask.repeat_interleave(P, 0))
         low = screen_model(self.dlm, cfg.screen) if K > cfg.screen_keep else None
         if low is None:  # no screen, or it would keep every swap anyway
-            loss, exact = self.dlm.variant_losses(*args, cfg.chunk_size, cfg.objective,
-                                                  cfg.cw_margin, miss_weight=cfg.miss_weight)
+            loss, exact = self.dlm.variant_losses(*args, cfg.chunk_size, cfg.search_loss)
             return loss.view(B, K), exact.view(B, K), None
         s = screened_variant_losses(self.dlm, low, *args, cfg.screen_keep, cfg.chunk_size,
-                                    cfg.objective, cfg.cw_margin, miss_weight=cfg.miss_weight)
+                                    cfg.search_loss)
         return s.loss.view(B, K), s.exact.view(B, K), s.no_gain.view(B, K)
 
     @torch.no_grad()

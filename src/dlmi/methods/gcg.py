@@ -25,7 +25,7 @@ from dlmi.methods.base import (
     walk_on,
 )
 from dlmi.methods.registry import register
-from dlmi.model.dlm import masked_cross_entropy
+from dlmi.model.objective import masked_cross_entropy
 from dlmi.model.screening import screen_model, screened_variant_losses
 from dlmi.options import opt
 

@@ -17,7 +17,7 @@ from dlmi.methods.base import (
     random_prompt_ids,
 )
 from dlmi.methods.registry import register
-from dlmi.model.dlm import masked_cross_entropy
+from dlmi.model.objective import masked_cross_entropy
 from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 

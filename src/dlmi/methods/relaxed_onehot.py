@@ -12,9 +12,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from dlmi.errors import UsageError
 from dlmi.methods.base import Batch, Method, MethodConfig, _at_least, per_row, set_rows
-from dlmi.model.dlm import OBJECTIVES, target_loss
+from dlmi.model.objective import Objective, check_objective_name
 from dlmi.options import opt
 
 
@@ -41,9 +40,11 @@ class RelaxedOneHotConfig(MethodConfig):
         _at_least(self, "samples", 0)
         _at_least(self, "chunk_size", 1)
         _at_least(self, "cw_margin", 0.0)
-        if self.objective not in OBJECTIVES:
-            raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, "
-                             f"got {self.objective!r}: change --set objective=VALUE")
+        check_objective_name(self.objective)
+
+    @property
+    def loss(self) -> Objective:
+        return Objective(self.objective, self.cw_margin)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class RelaxedOneHotMethod(Method):
         x = state.X.view(B * R, N, V).detach().requires_grad_(True)
         embeds = self.dlm.soft_embed(x)  # (B*R, N, d)
         logits = self.dlm.teacher_forced_logits(embeds, targets, soft_positions=N)
-        loss = target_loss(logits, targets, mask, cfg.objective, cfg.cw_margin)
+        loss = cfg.loss(logits, targets, mask)
         loss = loss + self.dlm.fluency_penalty(embeds, x)
         (grad,) = torch.autograd.grad(loss.sum(), x)  # each start's own gradient
         return grad.view(B, R, N, V), logits.detach().argmax(-1).view(B, R, -1)
@@ -116,11 +117,11 @@ class RelaxedOneHotMethod(Method):
             rows = torch.arange(B * R, device=dev).repeat_interleave(K)  # (B*R*K,) its base
             loss, exact = self.dlm.variant_losses(hard.view(B * R, N), cand.view(-1, N), rows,
                                                   targets, mask, cfg.chunk_size,
-                                                  cfg.objective, cfg.cw_margin)
+                                                  cfg.loss)
         else:  # the argmax alone: one forward each, no base pass to share
             K = 1
             loss, exact = self.dlm.hard_losses(hard.view(B * R, N), targets, mask,
-                                               cfg.chunk_size, cfg.objective, cfg.cw_margin)
+                                               cfg.chunk_size, cfg.loss)
         flat = cand.view(B, R * K, N)
         loss, exact = loss.view(B, R * K), exact.view(B, R * K)
         if cfg.roundtrip:  # a prompt that does not survive as text is never kept

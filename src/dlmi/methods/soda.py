@@ -22,7 +22,7 @@ from dlmi.methods.base import (
     per_row,
 )
 from dlmi.methods.registry import register
-from dlmi.model.dlm import masked_cross_entropy
+from dlmi.model.objective import masked_cross_entropy
 from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 

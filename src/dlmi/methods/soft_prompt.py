@@ -15,7 +15,7 @@ import torch
 from dlmi.errors import UsageError
 from dlmi.methods.base import Batch, Method, MethodConfig, StepOutput, _positive, random_prompt_ids
 from dlmi.methods.registry import register
-from dlmi.model.dlm import OBJECTIVES, target_loss
+from dlmi.model.objective import Objective, check_objective_name
 from dlmi.model.optim import BatchedAdam
 from dlmi.options import opt
 
@@ -31,9 +31,7 @@ class SoftPromptConfig(MethodConfig):
     def __post_init__(self):
         super().__post_init__()
         _positive(self, "lr")
-        if self.objective not in OBJECTIVES:
-            raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, "
-                             f"got {self.objective!r}: change --set objective=VALUE")
+        check_objective_name(self.objective)
 
 
 @dataclass
@@ -69,7 +67,7 @@ class SoftPrompt(Method[SoftPromptState]):
 
     def step(self, state: SoftPromptState, batch: Batch, step: int) -> StepOutput:
         logits = self.dlm.teacher_forced_logits(state.P, batch.target_ids)
-        loss = target_loss(logits, batch.target_ids, batch.mask, self.config.objective)
+        loss = Objective(self.config.objective)(logits, batch.target_ids, batch.mask)
         state.optimizer.zero_grad()
         loss.sum().backward()
         state.optimizer.step()

@@ -20,6 +20,7 @@ from dlmi.model.context import SpanContext
 from dlmi.model.estimators import gumbel_noise, gumbel_softmax
 from dlmi.model.kv_cache import cache_of, with_cache
 from dlmi.model.models import LoadedModel, contiguous_head_input
+from dlmi.model.objective import CROSS_ENTROPY, Objective, target_and_rival
 from dlmi.model.roundtrip import mended, round_trips
 
 log = logging.getLogger(__name__)
@@ -440,28 +441,27 @@ class DifferentiableLM:
 
     @torch.no_grad()
     def hard_losses(self, prompt_ids: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
-                    chunk: int = 64, objective: str = "ce", margin: float = 1.0,
-                    miss_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                    chunk: int = 64, objective: Objective = CROSS_ENTROPY
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced loss and exact-match proof of hard prompts, no gradient, in chunks.
 
         prompt_ids: (R, N); target_ids, mask: (R, M) -> loss (R,), exact (R,) bool. `exact`
         means every scored position's argmax is the target token, which is what greedy
         decoding needs (see teacher_forced_hits). `chunk` rows per forward bounds memory;
-        objective, margin, miss_weight: as in target_loss. A chunk too large for the device's
+        `objective`: the loss (objective.Objective). A chunk too large for the device's
         memory is halved until it fits (fit_chunk).
         """
         return self.fit_chunk(lambda c: self._hard_losses(prompt_ids, target_ids, mask, c,
-                                                          objective, margin, miss_weight),
+                                                          objective),
                               chunk)
 
-    def _hard_losses(self, prompt_ids, target_ids, mask, chunk, objective, margin, miss_weight):
+    def _hard_losses(self, prompt_ids, target_ids, mask, chunk, objective):
         losses, exact = [], []
         for i in range(0, prompt_ids.shape[0], chunk):
             sl = slice(i, i + chunk)
             logits = self.teacher_forced_logits(self.embed_prompt(prompt_ids[sl]),
                                                 target_ids[sl], backward=False)  # (r, M, V)
-            loss, proof = loss_and_exact(logits, target_ids[sl], mask[sl], objective, margin,
-                                         miss_weight)
+            loss, proof = objective.loss_and_exact(logits, target_ids[sl], mask[sl])
             if self.fluency:
                 ids = prompt_ids[sl]
                 one_hot = F.one_hot(ids, self.vocab_size).to(self.W_E.dtype)
@@ -473,9 +473,8 @@ class DifferentiableLM:
     @torch.no_grad()
     def variant_losses(self, base_ids: torch.Tensor, cand_ids: torch.Tensor, rows: torch.Tensor,
                        target_ids: torch.Tensor, mask: torch.Tensor, chunk: int = 64,
-                       objective: str = "ce", margin: float = 1.0,
-                       min_forwards: int = VARIANT_FORWARDS, miss_weight: float = 1.0
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       objective: Objective = CROSS_ENTROPY,
+                       min_forwards: int = VARIANT_FORWARDS) -> tuple[torch.Tensor, torch.Tensor]:
         """hard_losses of candidates that are variants of one base prompt per row (GCG's and
         dlmi-search's swaps), without recomputing what a candidate shares with its base.
 
@@ -489,11 +488,9 @@ class DifferentiableLM:
         A chunk too large for the device's memory is halved until it fits (fit_chunk).
         """
         if self.pairs > 1 or self.fluency:
-            return self.hard_losses(cand_ids, target_ids[rows], mask[rows], chunk, objective,
-                                    margin, miss_weight)
+            return self.hard_losses(cand_ids, target_ids[rows], mask[rows], chunk, objective)
         return self.fit_chunk(lambda c: self._variant_losses(
-            base_ids, cand_ids, rows, target_ids, mask, c, objective, margin, min_forwards,
-            miss_weight), chunk)
+            base_ids, cand_ids, rows, target_ids, mask, c, objective, min_forwards), chunk)
 
     def fit_chunk(self, run, chunk: int):
         """run(chunk), halving chunk after an out-of-memory error until it fits (GPU; as
@@ -513,7 +510,7 @@ class DifferentiableLM:
                     torch.cuda.empty_cache()
 
     def _variant_losses(self, base_ids, cand_ids, rows, target_ids, mask, chunk, objective,
-                        margin, min_forwards, miss_weight):
+                        min_forwards):
         B, N = base_ids.shape
         R = cand_ids.shape[0]
         S = len(self.context.before[0])  # fixed tokens before the span
@@ -548,7 +545,7 @@ class DifferentiableLM:
             self._count(r, embeds.shape[1], M, cached=S + start)
             logits = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=M,
                                 **with_cache(self.model, cache)).logits  # (r, M, V)
-            loss, proof = loss_and_exact(logits, targets, mask[b], objective, margin, miss_weight)
+            loss, proof = objective.loss_and_exact(logits, targets, mask[b])
             losses[idx], exact[idx] = loss.float(), proof
         return losses, exact
 
@@ -577,124 +574,7 @@ class DifferentiableLM:
         return mask.reshape(B, KM)
 
 
-def won_positions(argmax: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor
-                  ) -> torch.Tensor:
-    """Target positions whose teacher-forced argmax (R, M) is the target token, unscored ones
-    (mask (R, M) False) counted as won: (R, M) bool."""
-    return (argmax == target_ids) | ~mask.bool()
-
-
-def target_and_rival(logits: torch.Tensor, target_ids: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The target token's logit and the best other token's logit, in float32: logits
-    (R, M, V), target_ids (R, M) -> 2 x (R, M).
-
-    One top-2 pass over the vocabulary, without a copy of the logits: the rival is the
-    runner-up where the target is on top, else the top. Scoring the swaps' logits this way
-    is about 4x faster on a CPU than a masked copy, its max and two argmaxes."""
-    top, index = logits.topk(2, dim=-1)  # (R, M, 2)
-    target = logits.gather(-1, target_ids[..., None])[..., 0]
-    rival = torch.where(index[..., 0] == target_ids, top[..., 1], top[..., 0])
-    return target.float(), rival.float()
-
-
-def strictly_won(target: torch.Tensor, rival: torch.Tensor, mask: torch.Tensor
-                 ) -> torch.Tensor:
-    """Positions whose target logit beats every other (target_and_rival's (R, M) pair), so
-    greedy decoding picks the target token whatever the tie rule, unscored ones (mask False)
-    counted as won: (R, M) bool. A tie counts as lost: the proof stays on the safe side."""
-    return (target > rival) | ~mask.bool()
-
-
-def proven_exact(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor
-                 ) -> torch.Tensor:
-    """Teacher-forced logits (R, M, V) whose target token beats every other at every scored
-    position (mask (R, M)): greedy decoding then reproduces the target. -> (R,) bool."""
-    return strictly_won(*target_and_rival(logits, target_ids), mask).all(1)
-
-
 def _one_more(mask: torch.Tensor, positions: torch.Tensor):
     """Attention mask and position ids (R, L) grown by one real token: (R, L + 1)."""
     ones = torch.ones_like(mask[:, :1])
     return torch.cat([mask, ones], 1), torch.cat([positions, positions[:, -1:] + 1], 1)
-
-
-def masked_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor,
-                         mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over scored positions, per row. logits (B, M, V) -> (B,)."""
-    B, M, V = logits.shape
-    # Flattened rows, not logits.transpose(1, 2): the transpose would copy logits and gradient.
-    ce = F.cross_entropy(logits.reshape(B * M, V).float(), target_ids.reshape(B * M),
-                         reduction="none").view(B, M)
-    mask = mask.to(ce.dtype)
-    return (ce * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-
-
-def masked_margin_loss(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
-                       margin: float = 1.0, after_miss: float | None = None,
-                       miss_weight: float = 1.0) -> torch.Tensor:
-    """Mean over scored positions of max(-margin, best other logit - target logit), per row
-    (the Carlini-Wagner loss, as Faster-GCG uses it). logits (B, M, V) -> (B,).
-
-    Negative exactly where the target token is the argmax, so it ranks prompts by the positions
-    greedy decoding misses; a position won by `margin` earns nothing more. With `after_miss`
-    w, a won position earns its credit only before the first missed one: greedy decoding
-    never reaches the positions after a miss, so winning them under teacher forcing is worth
-    nothing yet, and fixing the first miss pays for every won position behind it. There a
-    position costs w * max(0, margin term): w = 1 still pays for losing them, w = 0 leaves
-    them out until they are reached (a curriculum over the target). With after_miss, the first
-    missed position itself weighs `miss_weight`: the one position whose win lengthens the
-    greedy output, against the teacher-forced ones after it that greedy decoding never reads."""
-    return margin_loss_of(*target_and_rival(logits, target_ids), mask, margin, after_miss,
-                          miss_weight)
-
-
-def margin_loss_of(target: torch.Tensor, rival: torch.Tensor, mask: torch.Tensor,
-                   margin: float = 1.0, after_miss: float | None = None,
-                   miss_weight: float = 1.0) -> torch.Tensor:
-    """masked_margin_loss from target_and_rival's (B, M) pair -> (B,)."""
-    per_position = (rival - target).clamp_min(-margin)
-    if after_miss is not None:
-        with torch.no_grad():  # a step function of the logits: no gradient
-            won = strictly_won(target, rival, mask)  # (B, M)
-            # Positions up to and including the first miss (that one is positive anyway).
-            reached = torch.cat([torch.ones_like(won[:, :1]), won[:, :-1]], 1).cumprod(1)
-            first_miss = reached.bool() & ~won  # (B, M): one position per row at most
-        per_position = torch.where(reached.bool(), per_position,
-                                   after_miss * per_position.clamp_min(0.0))
-        if miss_weight != 1.0:
-            per_position = torch.where(first_miss, miss_weight * per_position, per_position)
-    mask = mask.to(per_position.dtype)
-    return (per_position * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-
-
-# The margin losses and their weight on the positions after the first miss (None: no prefix).
-MARGIN_OBJECTIVES = {"cw": None, "cw-prefix": 1.0, "cw-first": 0.0}
-OBJECTIVES = ("ce", *MARGIN_OBJECTIVES)
-
-
-def target_loss(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
-                objective: str = "ce", margin: float = 1.0,
-                miss_weight: float = 1.0) -> torch.Tensor:
-    """The per-row loss a search minimises: "ce" cross-entropy, "cw" the margin loss,
-    "cw-prefix" the margin loss crediting won positions only up to the first miss, "cw-first"
-    the margin loss of the positions up to the first miss alone; with either of the last two,
-    miss_weight weighs the first missed position (masked_margin_loss)."""
-    if objective in MARGIN_OBJECTIVES:
-        return masked_margin_loss(logits, target_ids, mask, margin, MARGIN_OBJECTIVES[objective],
-                                  miss_weight)
-    return masked_cross_entropy(logits, target_ids, mask)
-
-
-def loss_and_exact(logits: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
-                   objective: str = "ce", margin: float = 1.0, miss_weight: float = 1.0
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """target_loss and proven_exact of the same logits (R, M, V) -> (R,), (R,) bool, with a
-    margin objective from a single top-2 pass over the vocabulary."""
-    if objective not in MARGIN_OBJECTIVES:
-        return masked_cross_entropy(logits, target_ids, mask), proven_exact(logits, target_ids,
-                                                                            mask)
-    target, rival = target_and_rival(logits, target_ids)
-    return (margin_loss_of(target, rival, mask, margin, MARGIN_OBJECTIVES[objective],
-                           miss_weight),
-            strictly_won(target, rival, mask).all(1))

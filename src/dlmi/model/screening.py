@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from dlmi.errors import UsageError
+from dlmi.model.objective import CROSS_ENTROPY, Objective
 
 SCREENS = ("off", "auto", "bfloat16", "float16")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -74,28 +75,25 @@ class Screened:
 
 def screened_variant_losses(dlm, low, base_ids: torch.Tensor, cand_ids: torch.Tensor,
                             rows: torch.Tensor, target_ids: torch.Tensor, mask: torch.Tensor,
-                            keep: int, chunk: int = 64, objective: str = "ce",
-                            margin: float = 1.0, verdicts: bool = True,
-                            miss_weight: float = 1.0) -> Screened:
+                            keep: int, chunk: int = 64,
+                            objective: Objective = CROSS_ENTROPY,
+                            verdicts: bool = True) -> Screened:
     """dlm.variant_losses of the candidates the screen `low` (the same model in a lower
     precision, dlm.lowered) ranks among the `keep` best variants of each base, or proves
     exact in its own precision. base_ids (B, N); cand_ids (R, N), variants of
     base_ids[rows] (rows (R,)); target_ids, mask (B, M). `verdicts`: also score the bases in
     the screen's precision for no_gain (else None), one more forward per base."""
     low_loss, low_exact = low.variant_losses(base_ids, cand_ids, rows, target_ids, mask,
-                                             chunk, objective, margin,
-                                             miss_weight=miss_weight)  # (R,) x2
+                                             chunk, objective)  # (R,) x2
     kept = best_per_group(low_loss, rows, keep) | low_exact
     loss = torch.full_like(low_loss, float("inf"))
     exact = torch.zeros_like(low_exact)
     if bool(kept.any()):
         loss[kept], exact[kept] = dlm.variant_losses(
-            base_ids, cand_ids[kept], rows[kept], target_ids, mask, chunk, objective, margin,
-            miss_weight=miss_weight)
+            base_ids, cand_ids[kept], rows[kept], target_ids, mask, chunk, objective)
     no_gain = None
     if verdicts:
-        low_base, _ = low.hard_losses(base_ids, target_ids, mask, chunk, objective,
-                                      margin, miss_weight)  # (B,)
+        low_base, _ = low.hard_losses(base_ids, target_ids, mask, chunk, objective)  # (B,)
         no_gain = low_loss >= low_base[rows]
     return Screened(loss, exact, kept, no_gain)
 
