@@ -914,34 +914,59 @@ def test_a_row_records_the_merge_that_ran_beside_the_automatic_setting(tiny_lm):
                        steps=1).config["resolved"] == {}
 
 
-def test_merged_candidate_applies_the_best_improving_swaps_at_distinct_positions(
-        tiny_lm, monkeypatch):
+def _spy_on_merge(monkeypatch) -> list:
+    """Record every call of DLMISearch._merge: (incumbent, pos, tokens, gain, merged)."""
     from dlmi.methods.dlmi_search import DLMISearch
 
     seen = []
     real = DLMISearch._merge
 
-    def spy(self, incumbent, pos, tokens, cand_loss, incumbent_loss):
-        out = real(self, incumbent, pos, tokens, cand_loss, incumbent_loss)  # (B, 1, N)
-        seen.append((incumbent.clone(), pos, tokens, cand_loss.clone(),
-                     incumbent_loss.clone(), out))
+    def spy(self, incumbent, pos, tokens, gain):
+        out = real(self, incumbent, pos, tokens, gain)  # (B, 1, N)
+        seen.append((incumbent.clone(), pos, tokens, gain.clone(), out))
         return out
 
     monkeypatch.setattr(DLMISearch, "_merge", spy)
-    list(_drive(tiny_lm, 2, prompt_length=20, swaps=16))
-    assert not seen  # off below AUTO_MERGE_FROM positions
-    list(_drive(tiny_lm, 3, prompt_length=64, swaps=32))
-    assert seen
+    return seen
+
+
+def _check_merges(seen, cap: int) -> list[int]:
+    """Each merged candidate changes the incumbent only by improving swaps (gain > 0), one
+    per position, at most `cap`, the best swap always among them: the sizes of the merges."""
     sizes = []
-    for incumbent, pos, tokens, loss, base, out in seen:
+    for incumbent, pos, tokens, gain, out in seen:
         changed = (out[0, 0] != incumbent[0]).nonzero()[:, 0].tolist()
         sizes.append(len(changed))
-        assert len(changed) <= 8
-        improving = loss[0] < base[0]  # every change is an improving swap's token there
+        assert len(changed) <= cap
+        improving = gain[0] > 0  # every change is an improving swap's token there
         for p in changed:
             hits = (pos[0] == p) & (tokens[0] == out[0, 0, p]) & improving
             assert bool(hits.any())
-        best = int(loss[0].argmin())  # the best swap, if it improves, is always taken
+        best = int(gain[0].argmax())  # the best swap, if it improves, is always taken
         if bool(improving[best]):
             assert int(out[0, 0, pos[0, best]]) == int(tokens[0, best])
-    assert max(sizes) > 1  # several swaps were merged at least once
+    return sizes
+
+
+def test_merged_candidate_applies_the_best_improving_swaps_at_distinct_positions(
+        tiny_lm, monkeypatch):
+    seen = _spy_on_merge(monkeypatch)
+    list(_drive(tiny_lm, 2, prompt_length=20, swaps=16))
+    assert not seen  # off below AUTO_MERGE_FROM positions
+    list(_drive(tiny_lm, 3, prompt_length=64, swaps=32, screen="off"))
+    assert seen
+    assert max(_check_merges(seen, 8)) > 1  # several swaps were merged at least once
+
+
+def test_merge_screened_takes_the_swaps_the_screen_estimates_improving(tiny_lm, monkeypatch):
+    # With a screen the model itself scores only screen_keep swaps a step: without
+    # merge_screened the merge sees no gain for the others, with it the screen's estimate.
+    seen = _spy_on_merge(monkeypatch)
+    options = dict(prompt_length=64, swaps=32, screen="bfloat16", screen_keep=2)
+    list(_drive(tiny_lm, 3, **options))
+    assert max(int((gain[0] > 0).sum()) for *_, gain, _ in seen) <= 2
+    assert max(_check_merges(seen, 8)) <= 2
+    seen.clear()
+    list(_drive(tiny_lm, 3, merge_screened=True, **options))
+    assert max(int((gain[0] > 0).sum()) for *_, gain, _ in seen) > 2
+    assert max(_check_merges(seen, 8)) > 2  # more than the kept swaps merged at least once

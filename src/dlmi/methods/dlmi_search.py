@@ -181,6 +181,14 @@ class DLMISearchConfig(ScreenOptions, GumbelPromptConfig):
         None, f"best improving swaps at distinct positions combined into one more candidate "
         f"per step (0: off; null, the default: {AUTO_MERGE} from N = {AUTO_MERGE_FROM} up, where "
         "measured to help, with one incumbent only; else off)", "measured")
+    # With the screen on, the model itself scores only the screen_keep best swaps of a step,
+    # so the merge had at most that many to combine (4, under its cap of 8); the screen's own
+    # estimate of the others' gains lets it take every swap the screen finds improving. The
+    # merged candidate is then scored by the model itself, so a wrong estimate costs nothing
+    # but a worse candidate.
+    merge_screened: bool = opt(
+        False, "with a screen, the merge also takes swaps the screen estimates improving but "
+        "did not keep for the model's own scoring")
     # Beam search: the search stands on the `beam` best distinct prompts instead of one, and
     # their single swaps share the step's `swaps` (in turn; copies are the incumbent's). A lone
     # incumbent stuck in a local minimum of single swaps (every proposal worse, as measured on
@@ -443,7 +451,7 @@ class DLMISearch(DLMI):
             if W:
                 parents = self._parents(dev, W)  # (W,) the beam member each swap changes
                 if cfg.scout:
-                    cand, pos, tokens, cand_loss, cand_exact, no_gain = self._scouted(
+                    cand, pos, tokens, cand_loss, cand_exact, screen_gain = self._scouted(
                         state, batch, grad, W)
                 else:
                     cand, pos, tokens = self._propose(state, batch, grad, W)  # (B, W, N), (B, W)
@@ -452,21 +460,20 @@ class DLMISearch(DLMI):
                     if cfg.rank_by == "lcs":  # decoded with the whole pool below
                         cand_loss = cand_exact = None
                     else:
-                        cand_loss, cand_exact, no_gain = self._score(self._bases(state), cand,
+                        cand_loss, cand_exact, screen_gain = self._score(self._bases(state), cand,
                                                                      batch, parents)
                 if cand_loss is not None:
                     base_loss = torch.cat([losses[0][:, :1], state.beam_loss[:, 1:]],
                                           1)[:, parents]
-                    rejected = self._rejected(cand_loss, base_loss, no_gain)
+                    rejected = self._rejected(cand_loss, base_loss, screen_gain)
                     single = self._single(W, dev)
                     self._forget_rejected(state, pos, tokens, rejected, W)
                 pools.append(cand)
                 losses.append(cand_loss)
                 exacts.append(cand_exact)
                 if cfg.merged > 1:
-                    merged = self._merge(state.incumbent, pos, tokens,
-                                         cand_loss.masked_fill(~single, float("inf")),
-                                         losses[0][:, 0])  # (B, 1, N)
+                    gain = self._merge_gain(cand_loss, losses[0][:, :1], screen_gain, single)
+                    merged = self._merge(state.incumbent, pos, tokens, gain)  # (B, 1, N)
                     merged_loss, merged_exact, _ = self._score(state.incumbent[:, None],
                                                                merged, batch)
                     pools.append(merged)
@@ -569,7 +576,7 @@ class DLMISearch(DLMI):
                  W: int):
         """A step's W swaps of the incumbent in two forwards: `scout` at every position,
         then the rest spread over the `focus` positions whose best scout has the lowest loss.
-        -> cand (B, W, N), pos, tokens, loss, exact (B, W), no_gain (B, W) or None."""
+        -> cand (B, W, N), pos, tokens, loss, exact (B, W), screen_gain (B, W) or None."""
         cfg = self.config
         B, N = state.incumbent.shape
         dev = state.incumbent.device
@@ -577,19 +584,20 @@ class DLMISearch(DLMI):
         everywhere = torch.arange(N, device=dev).repeat(cfg.scout).expand(B, S)  # (B, S)
         first = self._propose(state, batch, grad, S, at=everywhere)
         base = state.incumbent[:, None]
-        loss, exact, no_gain = self._score(base, first[0], batch)  # (B, S)
+        loss, exact, gain = self._score(base, first[0], batch)  # (B, S)
         # Each position's best scout (exact first, as the search ranks prompts): (B, N).
         best = torch.full((B, N), float("inf"), device=dev).scatter_reduce(
             1, everywhere, self._key(loss, exact), "amin")
         focus = best.argsort(dim=1, stable=True)[:, :min(cfg.focus, N)]  # (B, F)
         slots = torch.arange(W - S, device=dev) % focus.shape[1]
         second = self._propose(state, batch, grad, W - S, at=focus[:, slots])
-        loss2, exact2, no_gain2 = self._score(base, second[0], batch)  # (B, W - S)
-        if no_gain is not None or no_gain2 is not None:  # a screen judged one of the two
-            no_gain = torch.cat([g if g is not None else torch.zeros_like(x, dtype=torch.bool)
-                                 for g, x in ((no_gain, loss), (no_gain2, loss2))], 1)
+        loss2, exact2, gain2 = self._score(base, second[0], batch)  # (B, W - S)
+        if gain is not None or gain2 is not None:  # a screen judged one of the two
+            # Without a screen every loss is the model's own, so its gain is never read.
+            gain = torch.cat([g if g is not None else torch.zeros_like(x)
+                              for g, x in ((gain, loss), (gain2, loss2))], 1)
         return (*(torch.cat([a, b], 1) for a, b in zip(first, second, strict=True)),
-                torch.cat([loss, loss2], 1), torch.cat([exact, exact2], 1), no_gain)
+                torch.cat([loss, loss2], 1), torch.cat([exact, exact2], 1), gain)
 
     def _early_round(self, state: DLMISearchState, batch: Batch, grad: torch.Tensor | None,
                      W: int) -> torch.Tensor:
@@ -598,8 +606,8 @@ class DLMISearch(DLMI):
         still. -> (B,) bool: the rows whose best improved."""
         rows = torch.arange(batch.size, device=state.incumbent.device)
         cand, pos, tokens = self._propose(state, batch, grad, W)  # (B, W, N), (B, W) x2
-        loss, exact, no_gain = self._score(state.incumbent[:, None], cand, batch)  # (B, W)
-        rejected = self._rejected(loss, state.incumbent_loss[:, None], no_gain)
+        loss, exact, gain = self._score(state.incumbent[:, None], cand, batch)  # (B, W)
+        rejected = self._rejected(loss, state.incumbent_loss[:, None], gain)
         self._forget_rejected(state, pos, tokens, rejected, W)
         loss, exact = self._admissible(cand, loss, exact, batch)
         key = self._key(loss, exact)  # (B, W)
@@ -671,12 +679,12 @@ class DLMISearch(DLMI):
 
     @staticmethod
     def _rejected(loss: torch.Tensor, base_loss: torch.Tensor,
-                  no_gain: torch.Tensor | None) -> torch.Tensor:
+                  screen_gain: torch.Tensor | None) -> torch.Tensor:
         """Swaps (B, W) that did no better than the prompt they change (base_loss, (B, W) or
-        (B, 1)); where the model did not score one, the screen's verdict no_gain decides."""
+        (B, 1)); where the model did not score one, the screen's estimated gain decides."""
         rejected = loss >= base_loss
-        if no_gain is not None:
-            rejected = torch.where(loss.isfinite(), rejected, no_gain)
+        if screen_gain is not None:
+            rejected = torch.where(loss.isfinite(), rejected, screen_gain <= 0)
         return rejected
 
     def _single(self, W: int, device) -> torch.Tensor:
@@ -935,16 +943,28 @@ class DLMISearch(DLMI):
         """How many of a step's swaps (the first ones) change two positions."""
         return round(self.config.pairs * self._width(W))
 
+    def _merge_gain(self, cand_loss: torch.Tensor, incumbent_loss: torch.Tensor,
+                    screen_gain: torch.Tensor | None, single: torch.Tensor) -> torch.Tensor:
+        """Each swap's gain over the incumbent (B, W) for the merge: the model's own where it
+        scored the swap; with merge_screened, the screen's estimate where only the screen
+        did, else none (-inf); -inf for swaps that change more than one position (single
+        (W,) False). cand_loss (B, W), incumbent_loss (B, 1)."""
+        gain = incumbent_loss - cand_loss  # -inf where the screen dropped the swap
+        if self.config.merge_screened and screen_gain is not None:
+            gain = torch.where(cand_loss.isfinite(), gain, screen_gain)
+        return gain.masked_fill(~single, float("-inf"))
+
     def _merge(self, incumbent: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor,
-               cand_loss: torch.Tensor, incumbent_loss: torch.Tensor) -> torch.Tensor:
-        """The incumbent (B, N) with up to `merge` of the step's improving swaps applied at
-        once, best first, one per position: (B, 1, N). pos, tokens, cand_loss: (B, W)."""
+               gain: torch.Tensor) -> torch.Tensor:
+        """The incumbent (B, N) with up to `merge` of the step's improving swaps (gain > 0)
+        applied at once, best first, one per position: (B, 1, N). pos, tokens, gain:
+        (B, W)."""
         merged = incumbent.clone()
-        order = cand_loss.argsort(1)  # (B, W) best swap first
+        order = gain.argsort(dim=1, descending=True, stable=True)  # (B, W) best swap first
         for b in range(incumbent.shape[0]):
             taken: set[int] = set()
             for w in order[b].tolist():
-                if len(taken) == self.config.merged or cand_loss[b, w] >= incumbent_loss[b]:
+                if len(taken) == self.config.merged or not gain[b, w] > 0:
                     break
                 p = int(pos[b, w])
                 if p not in taken:
@@ -989,8 +1009,9 @@ class DLMISearch(DLMI):
                parents: torch.Tensor | None = None):
         """cand (B, K, N), each a variant of bases[:, parents] (bases (B, P, N), parents (K,),
         default all 0) -> loss (B, K), exact (B, K), no-grad and teacher-forced, each from
-        its first changed position on (dlm.variant_losses); and no_gain (B, K) bool, the
-        screen's verdict "no better than its base" (None without a screen).
+        its first changed position on (dlm.variant_losses); and screen_gain (B, K), the
+        screen's estimate of the gain over its base (its loss of the base minus its loss of
+        the candidate; None without a screen).
         A swap the screen drops has loss +inf and is never exact."""
         cfg = self.config
         B, K, N = cand.shape
@@ -1006,7 +1027,7 @@ class DLMISearch(DLMI):
             return loss.view(B, K), exact.view(B, K), None
         s = screened_variant_losses(self.dlm, low, *args, cfg.screen_keep, cfg.chunk_size,
                                     cfg.search_loss)
-        return s.loss.view(B, K), s.exact.view(B, K), s.no_gain.view(B, K)
+        return s.loss.view(B, K), s.exact.view(B, K), s.gain.view(B, K)
 
     @torch.no_grad()
     def current_prompts(self, state: DLMISearchState) -> torch.Tensor:

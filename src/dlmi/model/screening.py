@@ -70,7 +70,14 @@ class Screened:
     loss: torch.Tensor  # (R,) the model's own loss where kept, +inf where screened out
     exact: torch.Tensor  # (R,) bool: proven by the model itself (never where screened out)
     kept: torch.Tensor  # (R,) bool: scored again by the model
-    no_gain: torch.Tensor | None  # (R,) bool: the screen scored it no better than its base
+    # (R,) the screen's loss of the candidate's base minus its loss of the candidate: the
+    # gain it estimates (None without verdicts).
+    gain: torch.Tensor | None
+
+    @property
+    def no_gain(self) -> torch.Tensor | None:
+        """(R,) bool: the screen scored it no better than its base (None without verdicts)."""
+        return None if self.gain is None else self.gain <= 0
 
 
 def screened_variant_losses(dlm, low, base_ids: torch.Tensor, cand_ids: torch.Tensor,
@@ -82,7 +89,7 @@ def screened_variant_losses(dlm, low, base_ids: torch.Tensor, cand_ids: torch.Te
     precision, dlm.lowered) ranks among the `keep` best variants of each base, or proves
     exact in its own precision. base_ids (B, N); cand_ids (R, N), variants of
     base_ids[rows] (rows (R,)); target_ids, mask (B, M). `verdicts`: also score the bases in
-    the screen's precision for no_gain (else None), one more forward per base."""
+    the screen's precision for gain and no_gain (else None), one more forward per base."""
     low_loss, low_exact = low.variant_losses(base_ids, cand_ids, rows, target_ids, mask,
                                              chunk, objective)  # (R,) x2
     kept = best_per_group(low_loss, rows, keep) | low_exact
@@ -91,11 +98,11 @@ def screened_variant_losses(dlm, low, base_ids: torch.Tensor, cand_ids: torch.Te
     if bool(kept.any()):
         loss[kept], exact[kept] = dlm.variant_losses(
             base_ids, cand_ids[kept], rows[kept], target_ids, mask, chunk, objective)
-    no_gain = None
+    gain = None
     if verdicts:
         low_base, _ = low.hard_losses(base_ids, target_ids, mask, chunk, objective)  # (B,)
-        no_gain = low_loss >= low_base[rows]
-    return Screened(loss, exact, kept, no_gain)
+        gain = low_base[rows] - low_loss
+    return Screened(loss, exact, kept, gain)
 
 
 def screen_model(dlm, screen: str):
