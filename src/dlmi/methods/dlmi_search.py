@@ -460,8 +460,8 @@ class DLMISearch(DLMI):
                     if cfg.rank_by == "lcs":  # decoded with the whole pool below
                         cand_loss = cand_exact = None
                     else:
-                        cand_loss, cand_exact, screen_gain = self._score(self._bases(state), cand,
-                                                                     batch, parents)
+                        cand_loss, cand_exact, screen_gain = self._score(
+                            self._bases(state), cand, batch, parents)
                 if cand_loss is not None:
                     base_loss = torch.cat([losses[0][:, :1], state.beam_loss[:, 1:]],
                                           1)[:, parents]
@@ -949,9 +949,10 @@ class DLMISearch(DLMI):
         scored the swap; with merge_screened, the screen's estimate where only the screen
         did, else none (-inf); -inf for swaps that change more than one position (single
         (W,) False). cand_loss (B, W), incumbent_loss (B, 1)."""
-        gain = incumbent_loss - cand_loss  # -inf where the screen dropped the swap
+        unscored = torch.full_like(cand_loss, float("-inf"))  # the screen dropped the swap
         if self.config.merge_screened and screen_gain is not None:
-            gain = torch.where(cand_loss.isfinite(), gain, screen_gain)
+            unscored = screen_gain
+        gain = torch.where(cand_loss.isfinite(), incumbent_loss - cand_loss, unscored)
         return gain.masked_fill(~single, float("-inf"))
 
     def _merge(self, incumbent: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor,
