@@ -1,0 +1,83 @@
+"""Are the searches' misses the tokens Algorithm 2 drew below rank 1?
+
+For every target in the rows files, the rank of each target token in the context Algorithm 2
+made it in (the row's start tokens, the model's BoS, then the target before it); for every
+inexact row, the first position where its greedy output leaves the target (where greedy
+decoding, and so the search's prefix, stops). Prints, per file and over all files, how often
+that first miss is a token of rank >= 2 against the share of such tokens among the target
+positions the rows could have missed at (the first miss or later).
+Usage: python benchmarks/tuning/miss_ranks.py ROWS.jsonl [ROWS.jsonl ...] [--out FILE.jsonl]
+"""
+
+import json
+import sys
+
+import torch
+
+from dlmi.model.models import load_model
+
+
+def generation_ranks(lm, start_ids: list[int], target_ids: list[int]) -> list[int]:
+    """Rank (1 = the model's first choice) of each target token given start + target before it."""
+    ids = torch.tensor([start_ids + target_ids])
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids).logits[0].float()  # (S + M, V)
+    S = len(start_ids)
+    rows = logits[S - 1:S - 1 + len(target_ids)]  # (M, V): the logits that predict each token
+    tgt = torch.tensor(target_ids)
+    own = rows.gather(1, tgt[:, None])  # (M, 1)
+    return ((rows > own).sum(1) + 1).tolist()
+
+
+def first_miss(output_ids: list[int], target_ids: list[int]) -> int | None:
+    for i, t in enumerate(target_ids):
+        if i >= len(output_ids) or output_ids[i] != t:
+            return i
+    return None
+
+
+def main(argv: list[str]) -> None:
+    out = None
+    if "--out" in argv:
+        i = argv.index("--out")
+        out, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    lm = load_model("smollm2-135m", device="cpu")
+    cache: dict[tuple, list[int]] = {}
+    records = []
+    for path in argv:
+        for line in open(path):
+            row = json.loads(line)
+            if row.get("exact_match") or row.get("interrupted"):
+                continue
+            start = row.get("start_ids") or [lm.bos_token_id]
+            key = (tuple(start), tuple(row["target_ids"]))
+            if key not in cache:
+                cache[key] = generation_ranks(lm, list(start), list(row["target_ids"]))
+            ranks = cache[key]
+            miss = first_miss(row["output_ids"], row["target_ids"])
+            if miss is None:
+                continue
+            records.append({"file": path, "target_id": row["target_id"], "seed": row["seed"],
+                            "k": row.get("k"), "prompt_length": row["prompt_length"],
+                            "first_miss": miss, "rank_at_miss": ranks[miss], "ranks": ranks})
+    if out:
+        with open(out, "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    groups = [(p, [r for r in records if r["file"] == p]) for p in argv]
+    groups += [("all", records), ("all, k = 1", [r for r in records if r["k"] == 1])]
+    for name, group in groups:
+        if not group:
+            continue
+        hit = sum(r["rank_at_miss"] >= 2 for r in group) / len(group)
+        later = [k for r in group for k in r["ranks"][r["first_miss"]:]]
+        base = sum(k >= 2 for k in later) / len(later)
+        every = [k for r in group for k in r["ranks"]]
+        share = sum(k >= 2 for k in every) / len(every)
+        print(f"{name}: {len(group)} inexact rows, first miss at a rank >= 2 token "
+              f"{hit:.2f} of rows, against {base:.2f} of the positions from the miss on "
+              f"and {share:.2f} of all positions")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
