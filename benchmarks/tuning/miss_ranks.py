@@ -5,7 +5,8 @@ made it in (the row's start tokens, the model's BoS, then the target before it);
 inexact row, the first position where its greedy output leaves the target (where greedy
 decoding, and so the search's prefix, stops). Prints, per file and over all files, how often
 that first miss is a token of rank >= 2 against the share of such tokens among the target
-positions the rows could have missed at (the first miss or later).
+positions the rows could have missed at (the first miss or later), and the target token's
+logit margin over its best rival at the miss, given the start tokens and given the row's prompt.
 Usage: python benchmarks/tuning/miss_ranks.py ROWS.jsonl [ROWS.jsonl ...] [--out FILE.jsonl]
 """
 
@@ -17,16 +18,18 @@ import torch
 from dlmi.model.models import load_model
 
 
-def generation_ranks(lm, start_ids: list[int], target_ids: list[int]) -> list[int]:
-    """Rank (1 = the model's first choice) of each target token given start + target before it."""
-    ids = torch.tensor([start_ids + target_ids])
+def ranks_and_margins(lm, context_ids: list[int], target_ids: list[int]):
+    """Rank (1 = the model's first choice) of each target token given the context and the target
+    before it, and its margin: its logit minus the best other token's (> 0 where it wins)."""
+    ids = torch.tensor([list(context_ids) + list(target_ids)])
     with torch.no_grad():
         logits = lm.model(input_ids=ids).logits[0].float()  # (S + M, V)
-    S = len(start_ids)
+    S = len(context_ids)
     rows = logits[S - 1:S - 1 + len(target_ids)]  # (M, V): the logits that predict each token
     tgt = torch.tensor(target_ids)
     own = rows.gather(1, tgt[:, None])  # (M, 1)
-    return ((rows > own).sum(1) + 1).tolist()
+    rival = rows.scatter(1, tgt[:, None], float("-inf")).max(1).values  # (M,)
+    return ((rows > own).sum(1) + 1).tolist(), (own[:, 0] - rival).tolist()
 
 
 def first_miss(output_ids: list[int], target_ids: list[int]) -> int | None:
@@ -52,14 +55,17 @@ def main(argv: list[str]) -> None:
             start = row.get("start_ids") or [lm.bos_token_id]
             key = (tuple(start), tuple(row["target_ids"]))
             if key not in cache:
-                cache[key] = generation_ranks(lm, list(start), list(row["target_ids"]))
-            ranks = cache[key]
+                cache[key] = ranks_and_margins(lm, list(start), list(row["target_ids"]))
+            ranks, start_margins = cache[key]
             miss = first_miss(row["output_ids"], row["target_ids"])
             if miss is None:
                 continue
+            _, margins = ranks_and_margins(lm, row["prompt_ids"], row["target_ids"])
             records.append({"file": path, "target_id": row["target_id"], "seed": row["seed"],
                             "k": row.get("k"), "prompt_length": row["prompt_length"],
-                            "first_miss": miss, "rank_at_miss": ranks[miss], "ranks": ranks})
+                            "first_miss": miss, "rank_at_miss": ranks[miss], "ranks": ranks,
+                            "start_margin_at_miss": start_margins[miss],
+                            "prompt_margin_at_miss": margins[miss]})
     if out:
         with open(out, "w") as f:
             for r in records:
@@ -76,7 +82,9 @@ def main(argv: list[str]) -> None:
         share = sum(k >= 2 for k in every) / len(every)
         print(f"{name}: {len(group)} inexact rows, first miss at a rank >= 2 token "
               f"{hit:.2f} of rows, against {base:.2f} of the positions from the miss on "
-              f"and {share:.2f} of all positions")
+              f"and {share:.2f} of all positions; margin at the miss given the start "
+              f"{sum(r['start_margin_at_miss'] for r in group) / len(group):+.2f}, given the "
+              f"prompt {sum(r['prompt_margin_at_miss'] for r in group) / len(group):+.2f}")
 
 
 if __name__ == "__main__":
