@@ -16,6 +16,7 @@ import sys
 import torch
 
 from dlmi.model.models import load_model
+from dlmi.model.objective import target_and_rival
 
 
 def ranks_and_margins(lm, context_ids: list[int], target_ids: list[int]):
@@ -26,10 +27,8 @@ def ranks_and_margins(lm, context_ids: list[int], target_ids: list[int]):
         logits = lm.model(input_ids=ids).logits[0].float()  # (S + M, V)
     S = len(context_ids)
     rows = logits[S - 1:S - 1 + len(target_ids)]  # (M, V): the logits that predict each token
-    tgt = torch.tensor(target_ids)
-    own = rows.gather(1, tgt[:, None])  # (M, 1)
-    rival = rows.scatter(1, tgt[:, None], float("-inf")).max(1).values  # (M,)
-    return ((rows > own).sum(1) + 1).tolist(), (own[:, 0] - rival).tolist()
+    own, rival = target_and_rival(rows[None], torch.tensor([target_ids]))  # 2 x (1, M)
+    return ((rows > own[0, :, None]).sum(1) + 1).tolist(), (own - rival)[0].tolist()
 
 
 def first_miss(output_ids: list[int], target_ids: list[int]) -> int | None:
@@ -45,7 +44,7 @@ def main(argv: list[str]) -> None:
         i = argv.index("--out")
         out, argv = argv[i + 1], argv[:i] + argv[i + 2:]
     lm = load_model("smollm2-135m", device="cpu")
-    cache: dict[tuple, list[int]] = {}
+    cache: dict[tuple, tuple[list[int], list[float]]] = {}  # the start's, per target
     records = []
     for path in argv:
         for line in open(path):
