@@ -1,7 +1,7 @@
 """How far can any prompt push one target position? A reach probe for the stubborn misses.
 
-For each (target, position) asked for, a GCG search over N-token prompts (the model's BoS, the
-prompt, then the target teacher-forced) maximises one thing alone: the target token's logit
+For each (target, position) asked for, a GCG search over N-token prompts (the prompt, then the
+target teacher-forced, as the methods feed them) maximises one thing alone: the target token's logit
 margin over its best rival at that position; every other position is ignored and the prompt
 may hold any token but the special ones (no round trip, no overlap cap). So the best margin it
 finds is an estimate from above of what an honest search, which must also win every position
@@ -14,7 +14,7 @@ position) the margin given the BoS alone, given the target itself as the prompt 
 induction can copy), and the search's best at each printed step.
 Usage: python benchmarks/tuning/miss_reach.py TARGETS.jsonl ID:POS [ID:POS ...]
        [--prompt-length 10] [--steps 100] [--swaps 32] [--top-k 64] [--seed 0]
-       [--joint] [--out FILE]
+       [--joint] [--bos] [--out FILE]
 """
 
 import argparse
@@ -52,7 +52,8 @@ def score(model, embeds: torch.Tensor, wanted: list[int], joint: bool):
 
 
 def reach(lm, target_ids: list[int], pos: int, N: int, steps: int, swaps: int, top_k: int,
-          seed: int, joint: bool = False, every: int = 10) -> list[tuple[int, float]]:
+          seed: int, joint: bool = False, bos: bool = False,
+          every: int = 10) -> list[tuple[int, float]]:
     """GCG on the margin at target position pos alone, or (joint) on the positions up to
     it together: [(step, best reported margin so far)]."""
     model, E = lm.model, lm.model.get_input_embeddings().weight  # E (V, d)
@@ -62,7 +63,9 @@ def reach(lm, target_ids: list[int], pos: int, N: int, steps: int, swaps: int, t
     g = torch.Generator().manual_seed(seed)
     allowed = (~banned).nonzero()[:, 0]
     prompt = allowed[torch.randint(len(allowed), (N,), generator=g)]  # (N,)
-    head = torch.tensor([lm.bos_token_id])
+    # The methods feed the prompt with no BoS before it (the DLM's input is the prompt, then
+    # the target); --bos puts one there, as the first records of this probe had it.
+    head = torch.tensor([lm.bos_token_id] if bos else [], dtype=torch.long)
     tail = torch.tensor(target_ids[:pos], dtype=torch.long)  # the target before pos
     best, out = -float("inf"), []
     for step in range(steps + 1):
@@ -82,7 +85,7 @@ def reach(lm, target_ids: list[int], pos: int, N: int, steps: int, swaps: int, t
         cand = prompt.repeat(swaps, 1)  # (W, N)
         cand[torch.arange(swaps), at] = top[at, torch.randint(top_k, (swaps,), generator=g)]
         with torch.no_grad():
-            ids = torch.cat([head.expand(swaps, 1), cand, tail.expand(swaps, -1)], 1)
+            ids = torch.cat([head.expand(swaps, -1), cand, tail.expand(swaps, -1)], 1)
             loss, _ = score(model, E[ids], wanted, joint)  # (W,)
         prompt = cand[loss.argmin()]  # GCG: move to the step's best candidate
     return out
@@ -99,6 +102,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--joint", action="store_true",
                     help="win every position up to POS together (the smallest margin reported)")
+    ap.add_argument("--bos", action="store_true",
+                    help="a BoS before the prompt (the methods have none)")
     ap.add_argument("--out")
     a = ap.parse_args()
     lm = load_model("smollm2-135m", device="cpu")
@@ -112,12 +117,15 @@ def main() -> None:
             bos = torch.tensor([lm.bos_token_id])
             given_bos = float(score(lm.model, E[torch.cat(
                 [bos, torch.tensor(ids[:pos])])][None], ids[:pos + 1], a.joint)[1])
-            given_target = float(score(lm.model, E[torch.cat(
-                [bos, torch.tensor(ids + ids[:pos])])][None], ids[:pos + 1], a.joint)[1])
-        curve = reach(lm, ids, pos, a.prompt_length, a.steps, a.swaps, a.top_k, a.seed, a.joint)
+            given_target = float(score(lm.model, E[torch.cat(  # as the prompt is fed
+                [bos[:int(a.bos)], torch.tensor(ids + ids[:pos])])][None], ids[:pos + 1],
+                a.joint)[1])
+        curve = reach(lm, ids, pos, a.prompt_length, a.steps, a.swaps, a.top_k, a.seed,
+                      a.joint, a.bos)
         record = {"targets": a.targets, "target_id": tid, "position": pos, "text": t["text"],
                   "prompt_length": a.prompt_length, "swaps": a.swaps, "top_k": a.top_k,
-                  "seed": a.seed, "joint": a.joint, "margin_given_bos": round(given_bos, 3),
+                  "seed": a.seed, "joint": a.joint, "bos_before_prompt": a.bos,
+                  "margin_given_bos": round(given_bos, 3),
                   "margin_given_target_as_prompt": round(given_target, 3),
                   "best_margin_by_step": curve}
         print(json.dumps(record), flush=True)
