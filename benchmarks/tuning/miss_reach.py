@@ -1,17 +1,17 @@
 """How far can any prompt push one target position? A reach probe for the stubborn misses.
 
 For each (target, position) asked for, a GCG search over N-token prompts (the prompt, then the
-target teacher-forced, as the methods feed them) maximises one thing alone: the target token's logit
-margin over its best rival at that position; every other position is ignored and the prompt
-may hold any token but the special ones (no round trip, no overlap cap). So the best margin it
-finds is an estimate from above of what an honest search, which must also win every position
-before it, can reach there. A position still negative here is out of this search's reach with N
-tokens; no proof that no prompt wins it. With --joint the search wins every position up to
-it together instead (the hinge loss of cw-first, reported as the smallest margin: > 0 exactly
-where greedy decoding follows the target that far), what a search for an exact prompt has to
-do. Prints per (target,
-position) the margin given the BoS alone, given the target itself as the prompt (what
-induction can copy), and the search's best at each printed step.
+target teacher-forced, as the methods feed them) maximises one thing alone: the target token's
+logit margin over its best rival at that position; every other position is ignored and the
+prompt may hold any token but the special ones (no round trip, no overlap cap). So the best
+margin it finds is an estimate from above of what an honest search, which must also win every
+position before it, can reach there. A position still negative here is out of this search's
+reach with N tokens; no proof that no prompt wins it. With --joint the search wins every
+position up to it together instead (the hinge loss of cw-first, reported as the smallest
+margin: > 0 exactly where greedy decoding follows the target that far), what a search for an
+exact prompt has to do. Prints per (target, position) the margin given the BoS alone, given the
+target itself as the prompt (what induction can copy), and the search's best at each printed
+step.
 Usage: python benchmarks/tuning/miss_reach.py TARGETS.jsonl ID:POS [ID:POS ...]
        [--prompt-length 10] [--steps 100] [--swaps 32] [--top-k 64] [--seed 0]
        [--joint] [--bos] [--out FILE]
@@ -35,17 +35,12 @@ def margins_at(model, embeds: torch.Tensor, targets: list[int]) -> torch.Tensor:
     return own - rival
 
 
-def margin_at(model, embeds: torch.Tensor, target: int) -> torch.Tensor:
-    """embeds (R, S, d), the last position predicting `target` -> its margin (R,)."""
-    return margins_at(model, embeds, [target])[:, 0]
-
-
 def score(model, embeds: torch.Tensor, wanted: list[int], joint: bool):
     """-> (loss to lower (R,), what the probe reports (R,)). Alone: the last position's
     margin. Joint: the hinge loss relu(1 - margin) summed over every position (as cw-first),
     reported as the smallest margin, > 0 exactly where greedy decoding reproduces them all."""
     if not joint:
-        m = margin_at(model, embeds, wanted[-1])
+        m = margins_at(model, embeds, wanted[-1:])[:, 0]
         return -m, m
     m = margins_at(model, embeds, wanted)  # (R, J)
     return (1.0 - m).clamp_min(0.0).sum(1), m.amin(1)
