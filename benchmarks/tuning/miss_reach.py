@@ -21,6 +21,7 @@ import argparse
 import json
 
 import torch
+from miss_ranks import ranks_and_margins  # this folder's probe, beside this script
 
 from dlmi.model.models import load_model
 from dlmi.model.objective import target_and_rival
@@ -44,6 +45,12 @@ def score(model, embeds: torch.Tensor, wanted: list[int], joint: bool):
         return -m, m
     m = margins_at(model, embeds, wanted)  # (R, J)
     return (1.0 - m).clamp_min(0.0).sum(1), m.amin(1)
+
+
+def reported(margins: list[float], joint: bool) -> float:
+    """What the probe reports of a context's margins at positions 0..pos: the last one's, or
+    (joint) the smallest."""
+    return min(margins) if joint else margins[-1]
 
 
 def reach(lm, target_ids: list[int], pos: int, N: int, steps: int, swaps: int, top_k: int,
@@ -107,14 +114,10 @@ def main() -> None:
         tid, pos = cell.rsplit(":", 1)
         t, pos = targets[tid], int(pos)
         ids = t["target_ids"]
-        with torch.no_grad():
-            E = lm.model.get_input_embeddings().weight
-            bos = torch.tensor([lm.bos_token_id])
-            given_bos = float(score(lm.model, E[torch.cat(
-                [bos, torch.tensor(ids[:pos])])][None], ids[:pos + 1], a.joint)[1])
-            given_target = float(score(lm.model, E[torch.cat(  # as the prompt is fed
-                [bos[:int(a.bos)], torch.tensor(ids + ids[:pos])])][None], ids[:pos + 1],
-                a.joint)[1])
+        bos = [lm.bos_token_id]
+        given_bos = reported(ranks_and_margins(lm, bos, ids[:pos + 1])[1], a.joint)
+        given_target = reported(ranks_and_margins(  # the target as the prompt, fed as asked
+            lm, bos * a.bos + ids, ids[:pos + 1])[1], a.joint)
         curve = reach(lm, ids, pos, a.prompt_length, a.steps, a.swaps, a.top_k, a.seed,
                       a.joint, a.bos)
         record = {"targets": a.targets, "target_id": tid, "position": pos, "text": t["text"],
