@@ -55,9 +55,9 @@ def reported(margins: list[float], joint: bool) -> float:
 
 def reach(lm, target_ids: list[int], pos: int, N: int, steps: int, swaps: int, top_k: int,
           seed: int, joint: bool = False, bos: bool = False,
-          every: int = 10) -> list[tuple[int, float]]:
+          every: int = 10) -> tuple[list[tuple[int, float]], list[int]]:
     """GCG on the margin at target position pos alone, or (joint) on the positions up to
-    it together: [(step, best reported margin so far)]."""
+    it together: ([(step, best reported margin so far)], the best prompt's ids)."""
     model, E = lm.model, lm.model.get_input_embeddings().weight  # E (V, d)
     V = E.shape[0]
     banned = torch.zeros(V, dtype=torch.bool)
@@ -69,14 +69,15 @@ def reach(lm, target_ids: list[int], pos: int, N: int, steps: int, swaps: int, t
     # the target); --bos puts one there, as the first records of this probe had it.
     head = torch.tensor([lm.bos_token_id] if bos else [], dtype=torch.long)
     tail = torch.tensor(target_ids[:pos], dtype=torch.long)  # the target before pos
-    best, out = -float("inf"), []
+    best, best_prompt, out = -float("inf"), prompt, []
     for step in range(steps + 1):
         x = torch.nn.functional.one_hot(prompt, V).to(E.dtype).requires_grad_(True)  # (N, V)
         embeds = torch.cat([E[head], x @ E, E[tail]])[None]  # (1, S, d)
         wanted = target_ids[:pos + 1]
         loss, m = score(model, embeds, wanted, joint)
         loss.sum().backward()
-        best = max(best, float(m.detach()))
+        if float(m.detach()) > best:
+            best, best_prompt = float(m.detach()), prompt
         if step % every == 0 or step == steps:
             out.append((step, round(best, 3)))
         if step == steps:
@@ -90,7 +91,7 @@ def reach(lm, target_ids: list[int], pos: int, N: int, steps: int, swaps: int, t
             ids = torch.cat([head.expand(swaps, -1), cand, tail.expand(swaps, -1)], 1)
             loss, _ = score(model, E[ids], wanted, joint)  # (W,)
         prompt = cand[loss.argmin()]  # GCG: move to the step's best candidate
-    return out
+    return out, best_prompt.tolist()
 
 
 def main() -> None:
@@ -118,14 +119,14 @@ def main() -> None:
         given_bos = reported(ranks_and_margins(lm, bos, ids[:pos + 1])[1], a.joint)
         given_target = reported(ranks_and_margins(  # the target as the prompt, fed as asked
             lm, bos * a.bos + ids, ids[:pos + 1])[1], a.joint)
-        curve = reach(lm, ids, pos, a.prompt_length, a.steps, a.swaps, a.top_k, a.seed,
+        curve, best_prompt = reach(lm, ids, pos, a.prompt_length, a.steps, a.swaps, a.top_k, a.seed,
                       a.joint, a.bos)
         record = {"targets": a.targets, "target_id": tid, "position": pos, "text": t["text"],
                   "prompt_length": a.prompt_length, "swaps": a.swaps, "top_k": a.top_k,
                   "seed": a.seed, "joint": a.joint, "bos_before_prompt": a.bos,
                   "margin_given_bos": round(given_bos, 3),
                   "margin_given_target_as_prompt": round(given_target, 3),
-                  "best_margin_by_step": curve}
+                  "best_margin_by_step": curve, "best_prompt_ids": best_prompt}
         print(json.dumps(record), flush=True)
         if a.out:
             with open(a.out, "a") as f:
