@@ -10,8 +10,8 @@ reach with N tokens; no proof that no prompt wins it. With --joint the search wi
 position up to it together instead (the hinge loss of cw-first, reported as the smallest
 margin: > 0 exactly where greedy decoding follows the target that far), what a search for an
 exact prompt has to do. Prints per (target, position) the margin given the BoS alone, given the
-target itself as the prompt (what induction can copy), and the search's best at each printed
-step.
+target itself as the prompt (what induction can copy), the search's best at each printed
+step, and the best prompt's ids (`best_prompt_ids`, a start for `init_prompt`).
 Usage: python benchmarks/tuning/miss_reach.py TARGETS.jsonl ID:POS [ID:POS ...]
        [--prompt-length 10] [--steps 100] [--swaps 32] [--top-k 64] [--seed 0]
        [--joint] [--bos] [--out FILE]
