@@ -119,8 +119,8 @@ def main() -> None:
         given_bos = reported(ranks_and_margins(lm, bos, ids[:pos + 1])[1], a.joint)
         given_target = reported(ranks_and_margins(  # the target as the prompt, fed as asked
             lm, bos * a.bos + ids, ids[:pos + 1])[1], a.joint)
-        curve, best_prompt = reach(lm, ids, pos, a.prompt_length, a.steps, a.swaps, a.top_k, a.seed,
-                      a.joint, a.bos)
+        curve, best_prompt = reach(lm, ids, pos, a.prompt_length, a.steps, a.swaps, a.top_k,
+                                   a.seed, a.joint, a.bos)
         record = {"targets": a.targets, "target_id": tid, "position": pos, "text": t["text"],
                   "prompt_length": a.prompt_length, "swaps": a.swaps, "top_k": a.top_k,
                   "seed": a.seed, "joint": a.joint, "bos_before_prompt": a.bos,
