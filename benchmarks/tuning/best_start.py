@@ -12,6 +12,7 @@ import torch
 
 from dlmi.model.models import load_model
 from dlmi.model.objective import Objective
+from dlmi.model.vocab import allowed_token_ids
 
 
 def main() -> None:
@@ -26,9 +27,7 @@ def main() -> None:
     target = next(t for t in map(json.loads, open(a.targets)) if t["id"] == a.target_id)
     ids = torch.tensor(target["target_ids"])  # (M,)
     M, N = len(ids), a.prompt_length
-    V = lm.model.get_input_embeddings().weight.shape[0]
-    special = {i for i in lm.tokenizer.all_special_ids if i < V}
-    allowed = torch.tensor([i for i in range(V) if i not in special])
+    allowed = allowed_token_ids(lm)  # the methods' default vocabulary (no-special)
     g = torch.Generator().manual_seed(a.seed)
     prompts = allowed[torch.randint(len(allowed), (a.k, N), generator=g)]  # (K, N)
     loss_of = Objective("cw-prefix")

@@ -3,15 +3,15 @@
 For each (target, position) asked for, a GCG search over N-token prompts (the prompt, then the
 target teacher-forced, as the methods feed them) maximises one thing alone: the target token's
 logit margin over its best rival at that position; every other position is ignored and the
-prompt may hold any token but the special ones (no round trip, no overlap cap). So the best
-margin it finds is an estimate from above of what an honest search, which must also win every
-position before it, can reach there. A position still negative here is out of this search's
-reach with N tokens; no proof that no prompt wins it. With --joint the search wins every
-position up to it together instead (the hinge loss of cw-first, reported as the smallest
-margin: > 0 exactly where greedy decoding follows the target that far), what a search for an
-exact prompt has to do. Prints per (target, position) the margin given the BoS alone, given the
-target itself as the prompt (what induction can copy), the search's best at each printed
-step, and the best prompt's ids (`best_prompt_ids`, a start for `init_prompt`).
+prompt may hold any token of the methods' default vocabulary, no-special (no round trip, no
+overlap cap). So the best margin it finds is an estimate from above of what an honest search,
+which must also win every position before it, can reach there. A position still negative here
+is out of this search's reach with N tokens; no proof that no prompt wins it. With --joint the
+search wins every position up to it together instead (the hinge loss of cw-first, reported as
+the smallest margin: > 0 exactly where greedy decoding follows the target that far), what a
+search for an exact prompt has to do. Prints per (target, position) the margin given the BoS
+alone, given the target itself as the prompt (what induction can copy), the search's best at
+each printed step, and the best prompt's ids (`best_prompt_ids`, a start for `init_prompt`).
 Usage: python benchmarks/tuning/miss_reach.py TARGETS.jsonl ID:POS [ID:POS ...]
        [--prompt-length 10] [--steps 100] [--swaps 32] [--top-k 64] [--seed 0]
        [--joint] [--bos] [--out FILE]
@@ -25,6 +25,7 @@ from miss_ranks import ranks_and_margins  # this folder's probe, beside this scr
 
 from dlmi.model.models import load_model
 from dlmi.model.objective import target_and_rival
+from dlmi.model.vocab import allowed_token_ids
 
 
 def margins_at(model, embeds: torch.Tensor, targets: list[int]) -> torch.Tensor:
@@ -60,10 +61,10 @@ def reach(lm, target_ids: list[int], pos: int, N: int, steps: int, swaps: int, t
     it together: ([(step, best reported margin so far)], the best prompt's ids)."""
     model, E = lm.model, lm.model.get_input_embeddings().weight  # E (V, d)
     V = E.shape[0]
-    banned = torch.zeros(V, dtype=torch.bool)
-    banned[[i for i in lm.tokenizer.all_special_ids if i < V]] = True
+    allowed = allowed_token_ids(lm)  # the methods' default vocabulary (no-special)
+    banned = torch.ones(V, dtype=torch.bool)
+    banned[allowed] = False
     g = torch.Generator().manual_seed(seed)
-    allowed = (~banned).nonzero()[:, 0]
     prompt = allowed[torch.randint(len(allowed), (N,), generator=g)]  # (N,)
     # The methods feed the prompt with no BoS before it (the DLM's input is the prompt, then
     # the target); --bos puts one there, as the first records of this probe had it.
