@@ -10,6 +10,7 @@ import json
 
 import torch
 
+from dlmi.model.dlm import DifferentiableLM
 from dlmi.model.models import load_model
 from dlmi.model.objective import Objective
 from dlmi.model.vocab import allowed_token_ids
@@ -30,15 +31,10 @@ def main() -> None:
     allowed = allowed_token_ids(lm)  # the methods' default vocabulary (no-special)
     g = torch.Generator().manual_seed(a.seed)
     prompts = allowed[torch.randint(len(allowed), (a.k, N), generator=g)]  # (K, N)
-    loss_of = Objective("cw-prefix")
-    losses = []
-    with torch.no_grad():
-        for chunk in prompts.split(8):
-            x = torch.cat([chunk, ids[:-1].expand(len(chunk), -1)], 1)  # (r, N + M - 1)
-            logits = lm.model(input_ids=x).logits[:, N - 1:]  # (r, M, V)
-            losses.append(loss_of(logits, ids.expand(len(chunk), -1),
-                                  torch.ones(len(chunk), M, dtype=torch.bool)))
-    losses = torch.cat(losses)  # (K,)
+    # The methods' own scoring: DLM input is the prompt, then the target (no BoS).
+    dlm = DifferentiableLM(lm)
+    losses, _ = dlm.hard_losses(prompts, ids.expand(a.k, -1), torch.ones(a.k, M, dtype=torch.bool),
+                                8, Objective("cw-prefix"))  # (K,)
     print(json.dumps({"target_id": a.target_id, "prompt_length": N, "k": a.k, "seed": a.seed,
                       "loss_min": round(float(losses.min()), 3),
                       "loss_median": round(float(losses.median()), 3),
